@@ -1,0 +1,74 @@
+"""The ``rlloom`` command line: list, validate (train and compare join as they land).
+
+Errors caused by input print one message to stderr and exit with status 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rlloom.errors import RlloomError
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from rlloom.registry import get_registry
+
+    registry = get_registry()
+    entries = registry.entries(args.kind)
+    if args.json:
+        rows = [
+            {"kind": e.kind, "name": e.name, "plugin": e.plugin, "summary": e.summary}
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("kind", "name", "plugin", "summary", box=None, pad_edge=False)
+    for e in entries:
+        table.add_row(e.kind, e.name, e.plugin, e.summary)
+    Console(width=200).print(table)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rlloom.config import load_config, validate_config
+
+    cfg = load_config(args.config, args.overrides)
+    specs = validate_config(cfg)
+    print(f"{args.config}: ok ({len(specs)} components)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlloom", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="what is registered, by whom, one line each")
+    p.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("validate", help="check component names and parameters without building")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RlloomError as exc:
+        print(f"rlloom: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlloom: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

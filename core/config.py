@@ -1,0 +1,126 @@
+"""Config loading and validation.
+
+A config is a YAML file read with OmegaConf. It may start from presets with
+``defaults: [grpo]`` (names resolved next to the file, then in the project's ``configs/``);
+presets merge in order, then the file, then ``key=value`` overrides. A component is given
+under its kind's key as ``name`` or ``{name: ..., **params}``; the params are exactly the
+factory's keyword arguments. Validation binds them without building anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlloom.errors import ConfigError
+from rlloom.kinds import KINDS
+from rlloom.registry import Registry, get_registry
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _find_preset(name: str, base_dir: Path) -> Path:
+    candidates = []
+    for directory in (base_dir, PRESET_DIR):
+        for candidate in (directory / name, directory / f"{name}.yaml"):
+            candidates.append(candidate)
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(
+        f"defaults: preset '{name}' not found (looked for {', '.join(str(c) for c in candidates)})"
+    )
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: a config must be a mapping at the top level")
+    return cfg
+
+
+def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(p.name for p in (*seen, path))
+        raise ConfigError(f"defaults: presets include each other in a cycle: {chain}")
+    cfg = _read_yaml(path)
+    defaults = cfg.pop("defaults", [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, (list, ListConfig)):
+        raise ConfigError(f"{path}: defaults must be a list of preset names")
+    parts = [_compose(_find_preset(str(name), path.parent), (*seen, path)) for name in defaults]
+    return OmegaConf.merge(*parts, cfg) if parts else cfg
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
+    """Presets (``defaults``) → the file → ``key=value`` overrides, merged in that order."""
+    cfg = _compose(Path(path))
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"overrides: {exc}") from None
+    return cfg
+
+
+def component_specs(cfg: DictConfig, registry: Registry) -> list[tuple[str, str, Any]]:
+    """Every component the config names: (kind, config path, spec).
+
+    A kind's key holds one spec, or a list of specs for ``multiple`` kinds (rewards).
+    """
+    specs = []
+    for kind in registry.kinds():
+        if kind not in cfg or cfg[kind] is None:
+            continue
+        value = cfg[kind]
+        multiple = KINDS[kind].multiple if kind in KINDS else False
+        if multiple and isinstance(value, ListConfig):
+            specs.extend((kind, f"{kind}[{i}]", item) for i, item in enumerate(value))
+        else:
+            specs.append((kind, kind, value))
+    return specs
+
+
+def disabled_plugins(cfg: DictConfig) -> list[str]:
+    """``plugins.disable`` of a config, as a list of plugin names."""
+    value = OmegaConf.select(cfg, "plugins.disable", default=None)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def validate_config(cfg: DictConfig, registry: Registry | None = None) -> list[tuple[str, str, Any]]:
+    """Check every component name and bind its parameters, building nothing.
+
+    Raises ``ConfigError`` with one line per problem (config path, component, accepted
+    keys); returns the component specs when all is well.
+    """
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config interpolation failed: {exc}") from None
+    registry = registry or get_registry(disabled_plugins(cfg))
+    specs = component_specs(cfg, registry)
+    problems = []
+    for kind, path, spec in specs:
+        try:
+            registry.bind(kind, spec, path)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return specs

@@ -1,0 +1,1 @@
+"""Builtin plugins: one module per algorithm, registered exactly like third-party plugins."""
