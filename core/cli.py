@@ -1,4 +1,4 @@
-"""The ``rlloom`` command line: list, validate (train and compare join as they land).
+"""The ``rlloom`` command line: list, validate, train.
 
 Errors caused by input print one message to stderr and exit with status 2, no traceback.
 """
@@ -42,6 +42,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlloom.config import load_config
+    from rlloom.engine import run
+
+    metrics = run(load_config(args.config, args.overrides))
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "reward/mean"))}
+    print(f"done: {shown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlloom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="run a pipeline")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -33,13 +34,20 @@ def _find_preset(name: str, base_dir: Path) -> Path:
     )
 
 
+def find_config(name: str | Path) -> Path:
+    """A config path as given, else a preset of that name in the project's ``configs/``."""
+    path = Path(name)
+    return path if path.is_file() else _find_preset(str(name), Path.cwd())
+
+
 def _read_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OmegaConfBaseException, ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML: {reason}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: a config must be a mapping at the top level")
     return cfg
@@ -57,7 +65,30 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if not isinstance(defaults, (list, ListConfig)):
         raise ConfigError(f"{path}: defaults must be a list of preset names")
     parts = [_compose(_find_preset(str(name), path.parent), (*seen, path)) for name in defaults]
-    return OmegaConf.merge(*parts, cfg) if parts else cfg
+    merged = parts[0] if parts else cfg
+    for part in [*parts[1:], cfg] if parts else []:
+        merged = merge(merged, part)
+    return merged
+
+
+def _component_name(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, DictConfig) and "name" in value:
+        return str(value["name"])
+    return None
+
+
+def merge(base: DictConfig, override: DictConfig) -> DictConfig:
+    """OmegaConf merge, except that a component whose ``name`` changes is replaced whole:
+    the parameters of the old component do not leak into the new one."""
+    base = base.copy()
+    for kind in KINDS:
+        if kind in override and kind in base:
+            new, name = override[kind], _component_name(override[kind])
+            if new is None or OmegaConf.is_list(new) or (name is not None and name != _component_name(base[kind])):
+                base[kind] = None
+    return OmegaConf.merge(base, override)
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
@@ -69,7 +100,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
             raise ConfigError(f"override '{item}' is not of the form key=value")
     if overrides:
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+            cfg = merge(cfg, OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"overrides: {exc}") from None
     return cfg
@@ -113,9 +144,15 @@ def validate_config(cfg: DictConfig, registry: Registry | None = None) -> list[t
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config interpolation failed: {exc}") from None
+    from rlloom.settings import load_settings
+
+    problems = []
+    try:
+        load_settings(cfg)
+    except ConfigError as exc:
+        problems.append(str(exc))
     registry = registry or get_registry(disabled_plugins(cfg))
     specs = component_specs(cfg, registry)
-    problems = []
     for kind, path, spec in specs:
         try:
             registry.bind(kind, spec, path)

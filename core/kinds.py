@@ -77,6 +77,7 @@ class PolicyLoss(Protocol):
 
     requires: ClassVar[set[str]]
     needs_logits: ClassVar[bool]
+    consumes: ClassVar[str]  # "rollout" (default), "sft" or "preference": the batch it trains on
 
     def __call__(self, logprobs: Tensor, batch: Any, logits: Tensor | None = None) -> LossOutput: ...
 
@@ -113,30 +114,37 @@ class Reward(Protocol):
 
 @runtime_checkable
 class Sampler(Protocol):
-    """``sampler(ctx, prompts) -> RolloutBatch`` with G completions per prompt.
+    """``sampler(ctx, prompts, num_generations=None) -> RolloutBatch``, G completions a prompt.
 
-    ``prompts`` is a ``PromptBatch``; ``ctx`` a ``SamplerContext`` giving the model, the
-    tokenizer and a ``score`` callable (fills ``rewards``) for samplers that filter.
+    ``prompts`` is a ``PromptBatch`` (a prompt may end in a partial completion, to continue
+    from it); ``ctx`` a ``SamplerContext`` giving the model, the tokenizer, a ``score``
+    callable (fills ``rewards``) and more prompts, for samplers that filter. A sampler may
+    expose ``last_metrics`` (e.g. ``filter/kept_frac``) and ``provides`` (batch fields it
+    fills beyond the basic ones, e.g. ``values`` for Monte Carlo value estimates).
     """
 
-    def __call__(self, ctx: Any, prompts: Any) -> RolloutBatch: ...
+    def __call__(self, ctx: Any, prompts: Any, num_generations: int | None = None) -> RolloutBatch: ...
 
 
 @runtime_checkable
 class RefPolicyManager(Protocol):
-    """Provides reference log-probs and may change the reference during training.
+    """Holds the reference policy π_ref and may change it during training.
 
-    ``setup(policy)`` is called once with the policy model; ``logprobs(forward, batch)``
-    returns [B,T] reference log-probs (``forward(model, batch)`` computes log-probs of the
-    batch under ``model``) or None when there is no reference; ``on_step_end(step, policy,
-    metrics)`` may update the reference and returns metrics (e.g. ``ref/reset``).
+    ``setup(policy)`` is called once with the (unwrapped) policy; ``model`` is the reference
+    module the engine computes reference log-probs with (None: no reference, β = 0);
+    ``on_step_end(step, policy, metrics)`` may update the reference and returns metrics
+    (``ref/reset``); ``state_dict``/``load_state_dict`` carry it through checkpoints.
     """
+
+    model: Any
 
     def setup(self, policy: Any) -> None: ...
 
-    def logprobs(self, forward: Callable, batch: Any) -> Tensor | None: ...
-
     def on_step_end(self, step: int, policy: Any, metrics: dict[str, float]) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @runtime_checkable

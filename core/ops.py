@@ -57,10 +57,10 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = 8) ->
 
 def entropy_from_logits(logits: Tensor, chunk_size: int = 8) -> Tensor:
     """H(π) = −Σ_v π_v log π_v per position, [B,T,V] → [B,T], in float32, chunked over rows
-    (seed 002 "Entropy Loss")."""
+    (seed 002 "Entropy Loss"). Logits of −inf (masked tokens) count as 0·log 0 = 0."""
     out = []
     for rows in logits.split(chunk_size):
-        logp = torch.log_softmax(rows.float(), dim=-1)
+        logp = torch.log_softmax(rows.float(), dim=-1).clamp(min=torch.finfo(torch.float32).min)
         out.append(-(logp.exp() * logp).sum(-1))
     return torch.cat(out)
 

@@ -1,0 +1,51 @@
+"""An example third-party rlloom plugin: the group-median baseline advantage.
+
+Registered through the entry-point group ``rlloom.plugins`` in this package's
+pyproject.toml; after ``pip install`` it is used by name:
+``advantage: {name: median_baseline}``.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from rlloom import hookimpl
+from rlloom.batch import RolloutBatch
+from rlloom.kinds import AdvantageOutput
+
+
+class MedianBaseline:
+    """Group-median baseline: A_i = r_i − median(r_group), broadcast to tokens.
+
+    Like GRPO's group-mean centring (seed 004 §2.6) with the median as the baseline, so one
+    outlier reward in a group does not shift every other member's advantage. For an even
+    group size the median is the mean of the two middle rewards. Shapes: rewards [B],
+    group_ids [B], mask [B,T] → advantages [B,T] (0 on padding).
+    """
+
+    requires: ClassVar[set[str]] = {"rewards", "group_ids"}
+
+    def __init__(self, scale: float = 1.0):
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.scale = scale
+
+    def __call__(self, batch: RolloutBatch) -> AdvantageOutput:
+        rewards = batch.rewards.float()
+        baseline = torch.empty_like(rewards)
+        for group in batch.group_ids.unique():
+            members = batch.group_ids == group
+            ordered = rewards[members].sort().values
+            n = ordered.numel()
+            baseline[members] = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+        advantages = (rewards - baseline) * self.scale
+        return AdvantageOutput(
+            advantages=advantages[:, None] * batch.mask,
+            metrics={"adv/mean": advantages.mean().item()},
+        )
+
+
+@hookimpl
+def rlloom_advantage():
+    return {"median_baseline": MedianBaseline}

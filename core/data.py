@@ -1,0 +1,87 @@
+"""Deterministic data order and collation for every kind of batch.
+
+Which rows a step uses is a function of (seed, step) alone: the rows are a seeded
+permutation of the dataset per epoch, cut into consecutive windows of the global batch
+size, each process taking every ``world``-th row of the window. A resumed run therefore
+sees exactly the rows an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlloom.batch import SFTBatch
+from rlloom.errors import DataError
+from rlloom.rollout import PromptBatch, encode_prompts
+
+
+def require_columns(dataset, columns: list[str], where: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{where}: the dataset has no field {', '.join(repr(m) for m in missing)}; "
+            f"its fields are {', '.join(dataset.column_names)}"
+        )
+    if len(dataset) == 0:
+        raise DataError(f"{where}: the dataset is empty")
+
+
+class StepIndex:
+    """Row indices of step ``s`` for process ``rank`` of ``world``, ``per_step`` rows a step."""
+
+    def __init__(self, num_rows: int, per_step: int, seed: int, rank: int = 0, world: int = 1):
+        if per_step % world:
+            raise DataError(f"{per_step} rows per step cannot be split evenly over {world} processes")
+        self.num_rows, self.per_step, self.seed, self.rank, self.world = num_rows, per_step, seed, rank, world
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perms = {epoch: torch.randperm(self.num_rows, generator=g).tolist()}
+        return self._perms[epoch]
+
+    def rows(self, step: int) -> list[int]:
+        start = step * self.per_step
+        window = [self._perm((start + i) // self.num_rows)[(start + i) % self.num_rows] for i in range(self.per_step)]
+        return window[self.rank :: self.world]
+
+
+def prompt_batch(dataset, rows: list[int], tokenizer, first_group_id: int) -> PromptBatch:
+    """Rows of a task dataset as a ``PromptBatch``; other fields travel as ``columns``."""
+    picked = dataset.select(rows)
+    columns = {c: picked[c] for c in picked.column_names if c != "prompt"}
+    group_ids = list(range(first_group_id, first_group_id + len(rows)))
+    return encode_prompts(tokenizer, picked["prompt"], group_ids, columns)
+
+
+def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_length: int | None = None):
+    """Token rows prompt + completion + EOS and loss masks (1 on completion and EOS)."""
+    rows, loss_rows = [], []
+    for prompt, completion in zip(prompts, completions):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        row, loss = p + c, [0] * len(p) + [1] * len(c)
+        if max_length is not None:
+            row, loss = row[:max_length], loss[:max_length]
+        rows.append(row)
+        loss_rows.append(loss)
+    ids, attention = _right_pad(rows, tokenizer.pad_token_id)
+    loss_mask, _ = _right_pad(loss_rows, 0)
+    return ids, attention, loss_mask * attention
+
+
+def sft_batch(dataset, rows: list[int], tokenizer, max_length: int | None = None) -> SFTBatch:
+    """Rows with ``prompt`` and ``completion`` as an ``SFTBatch`` (completion-only loss)."""
+    picked = dataset.select(rows)
+    ids, attention, loss_mask = encode_pairs(tokenizer, picked["prompt"], picked["completion"], max_length)
+    return SFTBatch(ids, attention, loss_mask)

@@ -1,0 +1,115 @@
+"""The engine's own config keys (everything that is not a component), with defaults.
+
+``load_settings`` merges a config onto this schema, so a misspelled key
+(``trainer.max_stpes``) or a wrong type is rejected with its path before anything runs.
+Component sections (``advantage``, ``policy_loss``, ...) are free-form here; the registry
+validates them against their factories.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlloom.errors import ConfigError
+from rlloom.kinds import KINDS
+
+
+@dataclass
+class EmbeddedModelSettings:
+    """The small Llama the embedded default builds (used when ``model.path`` is null)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_positions: int = 64
+
+
+@dataclass
+class ModelSettings:
+    path: Optional[str] = None  # local directory or hub id; null builds the embedded model
+    dtype: str = "float32"
+    value_head: Optional[bool] = None  # null: when the advantage or value loss needs values
+    embedded: EmbeddedModelSettings = field(default_factory=EmbeddedModelSettings)
+
+
+@dataclass
+class TrainerSettings:
+    max_steps: int = 100
+    prompts_per_step: int = 16  # prompts sampled per step, over all processes
+    micro_batch_size: int = 64  # rows per forward/backward
+    epochs: int = 1  # passes over one rollout batch (PPO epochs)
+    minibatches: int = 1  # optimizer steps per epoch
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = 1.0
+    kl_coef: float = 0.0  # β; 0 builds no reference model
+    kl_target: Optional[float] = None  # adaptive β towards this KL (Ziegler et al.)
+    kl_horizon: int = 10000
+    kl_in_reward: bool = False  # subtract β·KL from per-token rewards instead of the loss
+    entropy_coef: float = 0.0  # c2: loss −= c2·H
+    value_coef: float = 0.5  # c1: loss += c1·L_value
+    eval_every: int = 10
+    eval_size: int = 200  # held-out prompts per evaluation
+    eval_max_new_tokens: Optional[int] = None  # null: the sampler's budget
+    checkpoint_every: int = 0  # 0: only at the end
+    log_completions: int = 32  # sampled completions kept per logged table
+    mixed_precision: str = "no"
+    batch_size: int = 32  # offline (SFT, DPO): rows per optimizer step, over all processes
+
+
+@dataclass
+class TrackingSettings:
+    uri: Optional[str] = None  # null: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: str = "rlloom"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class PluginSettings:
+    disable: list = field(default_factory=list)
+
+
+@dataclass
+class WarmStartSettings:
+    config: Optional[str] = None  # a config run first; its final model becomes model.path
+    overrides: list = field(default_factory=list)
+
+
+@dataclass
+class Settings:
+    algorithm: str = "custom"
+    seed: int = 0
+    output_dir: str = "runs/default"
+    resume: bool = False
+    model: ModelSettings = field(default_factory=ModelSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    plugins: PluginSettings = field(default_factory=PluginSettings)
+    warm_start: WarmStartSettings = field(default_factory=WarmStartSettings)
+
+
+def load_settings(cfg: DictConfig) -> DictConfig:
+    """``cfg`` merged onto the schema: unknown keys and wrong types raise ``ConfigError``."""
+    schema = OmegaConf.structured(Settings)
+    own = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in KINDS]) if len(cfg) else cfg
+    try:
+        merged = OmegaConf.merge(schema, own)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{key or 'config'}: {reason}") from None
+    OmegaConf.set_struct(merged, False)
+    for kind in KINDS:
+        merged[kind] = cfg[kind] if kind in cfg else None
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def as_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python containers."""
+    return OmegaConf.to_container(cfg, resolve=True)

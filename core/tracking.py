@@ -1,0 +1,94 @@
+"""MLflow, the only place rlloom talks to it.
+
+One run per training. Tracking goes to ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else an
+embedded SQLite store ``mlflow.db`` in the working directory. Only the main process logs;
+metrics are logged asynchronously so logging never blocks a step.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+MAX_PARAM_LEN = 500
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists → {"a.b.0.c": "value"} with values as strings (MLflow params)."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    else:
+        return {prefix: str(tree)[:MAX_PARAM_LEN]}
+    flat: dict[str, str] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class Tracker:
+    """Starts or resumes a run and logs params, tags, metrics and artifacts to it."""
+
+    def __init__(self, uri: str | None, experiment: str, enabled: bool = True):
+        self.enabled = enabled
+        self.uri = resolve_uri(uri)
+        self.experiment = experiment
+        self.run_id: str | None = None
+
+    def start(self, run_name: str | None, run_id: str | None = None, parent_run_id: str | None = None) -> str | None:
+        if not self.enabled:
+            return None
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(self.experiment)
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_config(self, config: dict[str, Any], tags: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        import mlflow
+
+        params = flatten(config)
+        keys = sorted(params)
+        for i in range(0, len(keys), 100):
+            mlflow.log_params({k: params[k] for k in keys[i : i + 100]})
+        mlflow.set_tags(tags)
+        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.enabled and metrics:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
+
+    def log_table(self, rows: dict[str, list], artifact_file: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_text(json.dumps(rows, indent=1), artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.flush_async_logging()
+            mlflow.end_run(status=status)

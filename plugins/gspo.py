@@ -1,0 +1,90 @@
+"""GSPO: Group Sequence Policy Optimization (Zheng et al. 2025, arXiv:2507.18071).
+
+GSPO clips one importance ratio per sequence instead of one per token. The sequence ratio is
+the length-normalised likelihood ratio
+
+    s_i(θ) = (π_θ(y_i | x) / π_old(y_i | x))^{1/|y_i|} = exp((1/|y_i|) Σ_t log r_{i,t}),
+
+with r_{i,t} the token ratio of seed 003, DAPO Eq. (6), taken in log space as in seed 004 §2.6,
+and the objective is the PPO/GRPO surrogate (seed 003, ProRL Eq. (1) / DAPO Eq. (5)) at
+sequence level:
+
+    J_GSPO(θ) = E[(1/G) Σ_i min(s_i A_i, clip(s_i, 1 − ε_low, 1 + ε_high) A_i)].
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from rlloom import hookimpl
+from rlloom.batch import RolloutBatch
+from rlloom.kinds import LossOutput
+from rlloom.ops import masked_mean
+from rlloom.plugins._ratio import (
+    check_positive,
+    clip_metrics,
+    log_ratio,
+    ratio_metrics,
+    zero_padding,
+)
+
+
+class GSPO:
+    """GSPO sequence-ratio clipped loss −min(s·A, clip(s, 1−ε_low, 1+ε_high)·A), per token.
+
+    Zheng et al. 2025, "Group Sequence Policy Optimization", in its GSPO-token form: every
+    token of sequence i carries
+
+        s_{i,t} = sg[s_i] · π_θ(y_{i,t}) / sg[π_θ(y_{i,t})],   s_i = exp(mean_t(log π_θ − log π_old)),
+
+    whose value is s_i and whose gradient is s_i ∇log π_θ(y_{i,t}), and the loss
+
+        loss_{i,t} = −min(s_{i,t} A_i, clip(s_{i,t}, 1 − ε_low, 1 + ε_high) A_i).
+
+    A_i is the masked mean of ``batch.advantages`` over the sequence's tokens (GRPO-type
+    advantages are constant per sequence, so this is that constant). Averaged per sequence
+    (``seq_mean_token_mean``) the value and the gradient equal those of the sequence-level
+    J_GSPO: (1/|y_i|) Σ_t s_i ∇log π_t = ∇s_i. Under ``token_mean`` longer sequences weigh more.
+
+    Parameters: ``eps_low`` / ``eps_high`` the clip range; the paper's values are 3e-4 and
+    4e-4 (a sequence ratio is a geometric mean of token ratios, so it stays far closer to 1
+    than a token ratio).
+
+    Shapes: ``logprobs`` [B,T], ``batch.advantages`` [B,T] → ``loss`` [B,T], 0 on padding.
+    Metrics: ``clip/low_frac``, ``clip/high_frac``, ``clip/frac`` and ``ratio/mean|min|max``
+    over tokens, each carrying its sequence's ratio; ``kl/old_approx`` from the token ratios.
+    """
+
+    requires: ClassVar[set[str]] = {"advantages"}
+    needs_logits: ClassVar[bool] = False
+    consumes: ClassVar[str] = "rollout"
+
+    def __init__(self, eps_low: float = 3e-4, eps_high: float = 4e-4):
+        self.eps_low = check_positive("eps_low", eps_low)
+        self.eps_high = check_positive("eps_high", eps_high)
+
+    def __call__(self, logprobs: Tensor, batch: RolloutBatch, logits: Tensor | None = None) -> LossOutput:
+        mask = batch.mask
+        weights = mask.to(logprobs.dtype)
+        lr = log_ratio(logprobs, batch)
+        seq_log_ratio = masked_mean(lr, weights, dim=1).detach().unsqueeze(1)  # log sg[s_i], [B,1]
+        adv = masked_mean(batch.advantages, weights, dim=1).unsqueeze(1)  # A_i, [B,1]
+        ratio = torch.exp(seq_log_ratio + logprobs - logprobs.detach())  # s_{i,t}, [B,T]
+        clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
+        loss = -torch.minimum(ratio * adv, clipped * adv)
+        metrics = ratio_metrics(ratio, lr, mask)
+        metrics.update(
+            clip_metrics(
+                (adv < 0) & (ratio < 1.0 - self.eps_low),
+                (adv > 0) & (ratio > 1.0 + self.eps_high),
+                mask,
+            )
+        )
+        return LossOutput(zero_padding(loss, mask), mask, metrics)
+
+
+@hookimpl
+def rlloom_policy_loss():
+    return {"gspo": GSPO}

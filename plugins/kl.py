@@ -1,0 +1,272 @@
+"""KL estimators between the policy and the reference, and the KL coefficient β.
+
+The regularised objective is J(θ) = E[R] − β·KL[π_θ ‖ π_ref] (seed 003, VinePPO Eq. (1),
+ProRL Eq. (4)). The engine only has tokens sampled from π_θ, so KL is estimated per token
+from the two log-probs of the sampled token (Schulman 2020, "Approximating the KL
+divergence"), or computed exactly from the full distributions:
+
+- ``k1``: log π_θ − log π_ref, unbiased, can be negative (seed 004 §2.6 GRPO, "one-sample
+  Monte-Carlo using ln π_θ/π_ref").
+- ``k2``: ½(log π_θ − log π_ref)², biased, ≥ 0, low variance.
+- ``k3``: r − log r − 1, unbiased and ≥ 0 (seed 003, VinePPO Eq. (10); seed 000 "Schulman
+  Approximation" for the other direction).
+- ``exact``: Σ_v π_θ(v)(log π_θ(v) − log π_ref(v)) over the vocabulary, from logits.
+
+Every estimator maps [B,T] log-probs to a [B,T] estimate in (at least) float32. At padding
+positions both log-probs are 0 by convention, and every sampled estimator is then 0; the
+engine masks and aggregates the result.
+
+``FixedKLController`` / ``AdaptiveKLController`` hold β; the engine updates them once per step.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from rlloom import hookimpl
+
+
+def _float(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 when it already is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _log_ratio(logprobs: Tensor, ref_logprobs: Tensor, clamp: float | None) -> Tensor:
+    """log π_θ − log π_ref [B,T], clamped to [−clamp, clamp] when ``clamp`` is set."""
+    log_ratio = _float(logprobs) - _float(ref_logprobs)
+    return log_ratio if clamp is None else log_ratio.clamp(-clamp, clamp)
+
+
+def _finite_log_softmax(logits: Tensor) -> Tensor:
+    """log softmax in float32 (or wider) with −inf clamped to the dtype's lowest finite value,
+    so masked tokens (π(v) = 0) contribute 0·log 0 = 0 and no NaN, in value or gradient."""
+    logp = torch.log_softmax(_float(logits), dim=-1)
+    return logp.clamp(min=torch.finfo(logp.dtype).min)
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 or null, got {value}")
+
+
+class K1:
+    """k1 = log π_θ − log π_ref per token: unbiased, can be negative (Schulman 2020).
+
+    Seed 004 §2.6 (GRPO): KL(π_θ ‖ π_ref) = E_{o∼π_θ}[ln π_θ/π_ref], "approximated by
+    one-sample Monte-Carlo". Under samples o ∼ π_θ, E[k1] = KL(π_θ ‖ π_ref) exactly, but a
+    single sample is negative whenever π_ref(o) > π_θ(o), so its variance is high.
+
+    Shapes: ``logprobs``, ``ref_logprobs`` [B,T] → [B,T] (float32 or wider).
+    ``clamp``: clamp the log-ratio to [−clamp, clamp] (stability against outlier tokens).
+
+    Gradient when used as a loss (log π_ref held fixed): ∇k1 = ∇log π_θ, whose expectation
+    under π_θ is Σ_o ∇π_θ(o) = 0. As a loss term k1 therefore does not pull the policy toward
+    the reference on average; use it as a reward penalty (score-function gradient) or choose
+    k2 / k3 / exact for a KL loss.
+    """
+
+    needs_logits: ClassVar[bool] = False
+
+    def __init__(self, clamp: float | None = None):
+        _check_positive("clamp", clamp)
+        self.clamp = clamp
+
+    def __call__(
+        self,
+        logprobs: Tensor,
+        ref_logprobs: Tensor,
+        logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> Tensor:
+        return _log_ratio(logprobs, ref_logprobs, self.clamp)
+
+
+class K2:
+    """k2 = ½(log π_θ − log π_ref)² per token: biased, ≥ 0, low variance (Schulman 2020).
+
+    Under o ∼ π_θ, E[k2] = KL(π_θ ‖ π_ref) + O(δ³) for nearby distributions (it is an
+    f-divergence with the same second-order expansion), and differs from it otherwise.
+
+    Shapes: ``logprobs``, ``ref_logprobs`` [B,T] → [B,T] (float32 or wider).
+    ``clamp``: clamp the log-ratio to [−clamp, clamp] before squaring.
+
+    Gradient when used as a loss: ∇k2 = (log π_θ − log π_ref)·∇log π_θ, whose expectation under
+    π_θ is Σ_o π_θ(o)·log(π_θ(o)/π_ref(o))·∇log π_θ(o) = ∇KL(π_θ ‖ π_ref): on-policy, k2 in the
+    loss gives the exact gradient of the reverse KL.
+    """
+
+    needs_logits: ClassVar[bool] = False
+
+    def __init__(self, clamp: float | None = None):
+        _check_positive("clamp", clamp)
+        self.clamp = clamp
+
+    def __call__(
+        self,
+        logprobs: Tensor,
+        ref_logprobs: Tensor,
+        logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> Tensor:
+        return 0.5 * _log_ratio(logprobs, ref_logprobs, self.clamp).square()
+
+
+class K3:
+    """k3 = r − log r − 1 per token: unbiased and ≥ 0 (Schulman 2020; VinePPO Eq. 10).
+
+    ``direction="ref_over_policy"`` (default): r = π_ref/π_θ, the form of seed 003, VinePPO
+    Eq. (10) (with ProRL Eq. (4)); the "low-variance KL" of GRPO/verl. Under o ∼ π_θ,
+    E[r] = 1, so E[k3] = E[−log r] = KL(π_θ ‖ π_ref).
+
+    ``direction="policy_over_ref"``: r = π_θ/π_ref, the form of seed 000 "Schulman
+    Approximation" (π_θ/π_old there). It is unbiased for the KL taken under samples of its
+    second argument: with o ∼ π_ref, E[k3] = KL(π_ref ‖ π_θ). Under o ∼ π_θ it is still ≥ 0 but
+    estimates E_π_θ[π_θ/π_ref] − 1 − KL(π_θ ‖ π_ref) instead.
+
+    Both are computed from the log-ratio in float32 (or wider): log r = ±(log π_θ − log π_ref),
+    k3 = exp(log r) − log r − 1, which is ≥ 0 because eˣ ≥ 1 + x.
+
+    Shapes: ``logprobs``, ``ref_logprobs`` [B,T] → [B,T].
+    ``clamp``: clamp the log-ratio to [−clamp, clamp] before exponentiating (input clamping).
+    ``clamp_output``: clamp the estimate to [−c, c] (verl's low-variance KL uses c = 10).
+
+    Gradient when used as a loss: ref_over_policy gives ∇k3 = (1 − π_ref/π_θ)·∇log π_θ, whose
+    expectation under π_θ is −Σ_o π_ref(o)∇log π_θ(o) = ∇KL(π_ref ‖ π_θ), the forward KL's
+    gradient; policy_over_ref gives ∇k3 = (π_θ/π_ref − 1)·∇log π_θ. The two agree with ∇k2 to
+    first order in log r.
+    """
+
+    needs_logits: ClassVar[bool] = False
+    DIRECTIONS: ClassVar[tuple[str, ...]] = ("ref_over_policy", "policy_over_ref")
+
+    def __init__(
+        self,
+        direction: str = "ref_over_policy",
+        clamp: float | None = None,
+        clamp_output: float | None = None,
+    ):
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(self.DIRECTIONS)}, got {direction!r}")
+        _check_positive("clamp", clamp)
+        _check_positive("clamp_output", clamp_output)
+        self.direction = direction
+        self.clamp = clamp
+        self.clamp_output = clamp_output
+
+    def __call__(
+        self,
+        logprobs: Tensor,
+        ref_logprobs: Tensor,
+        logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> Tensor:
+        log_r = _log_ratio(logprobs, ref_logprobs, self.clamp)
+        if self.direction == "ref_over_policy":
+            log_r = -log_r
+        kl = torch.expm1(log_r) - log_r
+        if self.clamp_output is not None:
+            kl = kl.clamp(-self.clamp_output, self.clamp_output)
+        return kl
+
+
+class ExactKL:
+    """Exact per-position KL(π_θ ‖ π_ref) = Σ_v π_θ(v)(log π_θ(v) − log π_ref(v)) from logits.
+
+    Seed 002 "KL Divergence Loss" L_KL = D_KL(π_θ ‖ π_ref), summed over the whole vocabulary at
+    each position instead of estimated from the sampled token, so it has no sampling variance.
+    ``logits``, ``ref_logits`` [B,T,V] → [B,T] float32 (float64 for float64 input),
+    computed ``chunk_size`` rows at a time so no float32 copy of the whole [B,T,V] exists.
+    The sampled log-probs are not used.
+
+    Gradient when used as a loss: the exact ∇KL(π_θ ‖ π_ref) at each visited position.
+    """
+
+    needs_logits: ClassVar[bool] = True
+    chunk_size: ClassVar[int] = 8
+
+    def __call__(
+        self,
+        logprobs: Tensor,
+        ref_logprobs: Tensor,
+        logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> Tensor:
+        if logits is None or ref_logits is None:
+            raise ValueError("the exact KL needs the policy's and the reference's logits [B,T,V]")
+        if logits.shape != ref_logits.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ")
+        out = []
+        for rows, ref_rows in zip(logits.split(self.chunk_size), ref_logits.split(self.chunk_size)):
+            logp = _finite_log_softmax(rows)
+            ref_logp = _finite_log_softmax(ref_rows).to(logp.dtype)
+            out.append((logp.exp() * (logp - ref_logp)).sum(-1))
+        if not out:
+            return logits.new_zeros(logits.shape[:-1], dtype=torch.promote_types(logits.dtype, torch.float32))
+        return torch.cat(out)
+
+
+class FixedKLController:
+    """A constant KL coefficient β."""
+
+    def __init__(self, coef: float):
+        if coef < 0:
+            raise ValueError(f"the KL coefficient must be >= 0, got {coef}")
+        self.coef = float(coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """β stays fixed."""
+
+    def state_dict(self) -> dict[str, float]:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.coef = float(state["coef"])
+
+
+class AdaptiveKLController:
+    """β adapted toward a target KL (Ziegler et al. 2019, "Fine-Tuning Language Models from
+    Human Preferences", §2.2).
+
+    After each step with measured KL ``current_kl`` over ``n_steps`` steps (or samples, as the
+    caller counts ``horizon``):
+        e = clip(current_kl / target − 1, −0.2, 0.2),   β ← β·(1 + e·n_steps / horizon).
+    β rises while the KL is above ``target`` and falls while it is below, at most 20 % per
+    ``horizon``.
+    """
+
+    def __init__(self, init_coef: float, target: float, horizon: int):
+        if init_coef < 0:
+            raise ValueError(f"the initial KL coefficient must be >= 0, got {init_coef}")
+        if not target > 0:
+            raise ValueError(f"the KL target must be > 0, got {target}")
+        if not horizon > 0:
+            raise ValueError(f"the KL horizon must be > 0, got {horizon}")
+        self.coef = float(init_coef)
+        self.target = float(target)
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.coef *= 1.0 + error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"coef": self.coef}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.coef = float(state["coef"])
+
+
+def make_kl_controller(
+    coef: float, target: float | None = None, horizon: int = 10000
+) -> FixedKLController | AdaptiveKLController:
+    """A fixed β = ``coef`` when ``target`` is None, else one adapting from ``coef`` toward it."""
+    if target is None:
+        return FixedKLController(coef)
+    return AdaptiveKLController(coef, target, horizon)
+
+
+@hookimpl
+def rlloom_kl():
+    return {"k1": K1, "k2": K2, "k3": K3, "exact": ExactKL}

@@ -1,0 +1,112 @@
+"""REINFORCE advantages: return-to-go, with a learned baseline, and REINFORCE++.
+
+Seed 004 §2.1 (REINFORCE, return-to-go G_t), §2.3 (REINFORCE with baseline, A_t = G_t − V(s_t));
+REINFORCE++ (Hu 2025: group-mean baseline, then batch whitening).
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rlloom import hookimpl
+from rlloom.batch import RolloutBatch
+from rlloom.kinds import AdvantageOutput
+from rlloom.ops import masked_whiten
+from rlloom.plugins._returns import (
+    Groups,
+    check_clip,
+    check_unit,
+    discounted_returns,
+    finish,
+    read,
+    token_rewards,
+)
+
+
+class ReinforceAdvantage:
+    """Return-to-go G_t = Σ_{k≥t} γ^{k−t} r_k as the advantage of token t (REINFORCE).
+
+    Seed 004 §2.1: ∇J = E[Σ_t ∇ log π(a_t|s_t) G_t], G_t = Σ_{k=t}^{T} γ^{k−t} r_k.
+
+    Per-token rewards r_t [B,T]: ``batch.token_rewards`` when set, plus ``batch.rewards`` [B] on
+    the last real token. Output: ``advantages`` = ``returns`` = G_t [B,T], 0 on padding.
+    ``gamma`` in [0, 1] is the per-token discount; ``clip`` clips advantages to [−clip, clip].
+    """
+
+    requires: ClassVar[set[str]] = {"rewards"}
+
+    def __init__(self, gamma: float = 1.0, clip: float | None = None):
+        self.gamma = check_unit("gamma", gamma)
+        self.clip = check_clip(clip)
+
+    def __call__(self, batch: RolloutBatch) -> AdvantageOutput:
+        r, mask = token_rewards(batch, "reinforce")
+        returns = discounted_returns(r, mask, self.gamma)
+        return finish(returns, mask, self.clip, returns=returns)
+
+
+class ReinforceBaselineAdvantage:
+    """Return-to-go minus the critic's value, A_t = G_t − V(s_t) (REINFORCE with baseline).
+
+    Seed 004 §2.3: A_t = G_t − V_φ(s_t), G_t = Σ_{k≥t} γ^{k−t} r_k; the critic regresses on G_t.
+
+    Inputs: per-token rewards as in ``reinforce``; ``batch.values`` [B,T], V(s_t) of the state
+    before token t. Output: ``advantages`` [B,T] and ``returns`` = G_t [B,T] (the critic's
+    target), both 0 on padding. ``clip`` clips advantages (not returns) to [−clip, clip].
+    """
+
+    requires: ClassVar[set[str]] = {"rewards", "values"}
+
+    def __init__(self, gamma: float = 1.0, clip: float | None = None):
+        self.gamma = check_unit("gamma", gamma)
+        self.clip = check_clip(clip)
+
+    def __call__(self, batch: RolloutBatch) -> AdvantageOutput:
+        r, mask = token_rewards(batch, "reinforce_baseline")
+        values = read(batch, "values", "reinforce_baseline").to(r.dtype)
+        returns = discounted_returns(r, mask, self.gamma)
+        return finish(returns - values, mask, self.clip, returns=returns)
+
+
+class ReinforcePPAdvantage:
+    """REINFORCE++ with group baseline: whiten over the batch's tokens of G_t − group mean of R.
+
+    REINFORCE++ (Hu 2025), baseline in the sense of seed 004 §2.2; G_t as in seed 004 §2.1:
+
+        Â_{i,t} = whiten_{(j,s) valid}( G_{j,s} − mean_{k∈G(j)} R_k )_{i,t}
+
+    where G_{i,t} = Σ_{k≥t} γ^{k−t} r_{i,k} with per-token rewards as in ``reinforce``,
+    mean_{k∈G(i)} R_k is the mean sequence reward ``batch.rewards`` of completion i's group
+    (``batch.group_ids``; the completion itself included), and whiten(x) = (x − μ)/sqrt(σ² + 1e-8)
+    with μ and the unbiased σ² taken over every valid token of the batch (token-weighted).
+    With γ = 1 and no token rewards, G_{i,t} = R_i at every token. Output: ``advantages`` [B,T]
+    and ``returns`` = G_t [B,T], both 0 on padding; ``clip`` clips the whitened advantages.
+    """
+
+    requires: ClassVar[set[str]] = {"rewards", "group_ids"}
+
+    def __init__(self, gamma: float = 1.0, clip: float | None = None):
+        self.gamma = check_unit("gamma", gamma)
+        self.clip = check_clip(clip)
+
+    def __call__(self, batch: RolloutBatch) -> AdvantageOutput:
+        r, mask = token_rewards(batch, "reinforce_pp")
+        rewards = read(batch, "rewards", "reinforce_pp")
+        groups = Groups(batch.group_ids)
+        returns = discounted_returns(r, mask, self.gamma)
+        centred = (returns - groups.mean(rewards).unsqueeze(1)) * mask
+        return finish(
+            masked_whiten(centred, mask),
+            mask,
+            self.clip,
+            returns=returns,
+            metrics=groups.reward_metrics(rewards),
+        )
+
+
+@hookimpl
+def rlloom_advantage():
+    return {
+        "reinforce": ReinforceAdvantage,
+        "reinforce_baseline": ReinforceBaselineAdvantage,
+        "reinforce_pp": ReinforcePPAdvantage,
+    }

@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+
+from rlloom.batch import RolloutBatch
+from rlloom.plugins.grpo import GroupMeanAdvantage, GRPOAdvantage
+from rlloom.registry import get_registry
+
+
+def make_batch(rewards, mask, group_ids):
+    mask = torch.tensor(mask)
+    b, t = mask.shape
+    return RolloutBatch(
+        prompt_ids=torch.zeros(b, 1, dtype=torch.long),
+        prompt_mask=torch.ones(b, 1, dtype=torch.long),
+        completion_ids=torch.zeros(b, t, dtype=torch.long),
+        mask=mask,
+        group_ids=torch.tensor(group_ids),
+        rewards=torch.tensor(rewards, dtype=torch.float64),
+    )
+
+
+def test_one_group_by_hand():
+    # rewards [1,0,0,1]: mean 0.5; unbiased var = 4·0.25/3 = 1/3, std = 0.57735;
+    # advantages ±0.5/0.57735 = ±0.866025
+    batch = make_batch([1.0, 0.0, 0.0, 1.0], [[1, 1]] * 4, [0, 0, 0, 0])
+    out = GRPOAdvantage()(batch)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    expected = torch.tensor([[a, a], [-a, -a], [-a, -a], [a, a]], dtype=torch.float64)
+    torch.testing.assert_close(out.advantages, expected)
+    assert abs(a - 0.866025) < 1e-5
+    assert out.returns is None
+
+
+def test_shuffled_groups_of_different_sizes_and_padding():
+    # group 7 = rows 0,2: rewards [1,0], mean 0.5, unbiased std sqrt(2·0.25/1) = 0.70711 → ±0.70711
+    # group 3 = rows 1,3,4: rewards [2,4,0], mean 2, unbiased std sqrt((0+4+4)/2) = 2 → [0, 1, −1]
+    mask = [[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]]
+    batch = make_batch([1.0, 2.0, 0.0, 4.0, 0.0], mask, [7, 3, 7, 3, 3])
+    out = GRPOAdvantage(eps=0.0)(batch)
+    s = math.sqrt(0.5)
+    per_row = torch.tensor([s, 0.0, -s, 1.0, -1.0], dtype=torch.float64)
+    torch.testing.assert_close(out.advantages, per_row[:, None] * torch.tensor(mask))
+    assert (out.advantages[torch.tensor(mask) == 0] == 0).all()
+
+
+def test_batch_scale_by_hand():
+    # all rewards [1,2,0,4,0]: mean 1.4, squared deviations .16+.36+1.96+6.76+1.96 = 11.2,
+    # unbiased var 11.2/4 = 2.8; centred by group means (7: 0.5, 3: 2) → [.5, 0, −.5, 2, −2]
+    batch = make_batch([1.0, 2.0, 0.0, 4.0, 0.0], [[1]] * 5, [7, 3, 7, 3, 3])
+    out = GRPOAdvantage(scale="batch", eps=0.0)(batch)
+    expected = torch.tensor([0.5, 0.0, -0.5, 2.0, -2.0], dtype=torch.float64) / math.sqrt(2.8)
+    torch.testing.assert_close(out.advantages[:, 0], expected)
+
+
+def test_scale_none_equals_group_mean():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(12, generator=g, dtype=torch.float64).tolist()
+    groups = torch.randperm(12, generator=g).remainder(4).tolist()
+    mask = (torch.arange(5)[None, :] < torch.randint(1, 6, (12, 1), generator=g)).long().tolist()
+    batch = make_batch(rewards, mask, groups)
+    a = GRPOAdvantage(scale="none")(batch).advantages
+    b = GroupMeanAdvantage()(batch).advantages
+    torch.testing.assert_close(a, b)
+    # and both are r − group mean, by an independent loop
+    for i in range(12):
+        same = [rewards[j] for j in range(12) if groups[j] == groups[i]]
+        assert a[i, 0].item() == pytest.approx(rewards[i] - sum(same) / len(same))
+
+
+def test_leave_one_out_by_hand():
+    # rewards [1,0,0,1]: mean of the other three is 1/3 for a 1 and 2/3 for a 0 → ±2/3;
+    # with scale=group divided by the group std sqrt(1/3): ±(2/3)/0.57735 = ±1.154701
+    batch = make_batch([1.0, 0.0, 0.0, 1.0], [[1]] * 4, [0, 0, 0, 0])
+    out = GRPOAdvantage(scale="none", leave_one_out=True)(batch)
+    torch.testing.assert_close(out.advantages[:, 0], torch.tensor([2, -2, -2, 2], dtype=torch.float64) / 3)
+    out = GRPOAdvantage(scale="group", eps=0.0, leave_one_out=True)(batch)
+    expected = torch.tensor([1.154701, -1.154701, -1.154701, 1.154701], dtype=torch.float64)
+    torch.testing.assert_close(out.advantages[:, 0], expected, atol=1e-6, rtol=0)
+
+
+def test_group_of_one_is_an_error_when_it_needs_pairs():
+    batch = make_batch([1.0, 0.0, 5.0], [[1]] * 3, [4, 4, 9])
+    message = r"at least 2 completions per prompt; group 9 has 1 — set sampler.num_generations >= 2"
+    with pytest.raises(ValueError, match=message):
+        GRPOAdvantage()(batch)
+    with pytest.raises(ValueError, match=message):
+        GRPOAdvantage(scale="none", leave_one_out=True)(batch)
+    # without a division by the group std a single completion is its own mean: advantage 0
+    assert GRPOAdvantage(scale="none")(batch).advantages[2, 0] == 0
+    assert GRPOAdvantage(scale="batch")(batch).advantages[2, 0] == 0
+
+
+def test_equal_rewards_give_zero_not_nan():
+    batch = make_batch([1.0, 1.0, 1.0], [[1, 1]] * 3, [0, 0, 0])
+    out = GRPOAdvantage()(batch)
+    assert torch.equal(out.advantages, torch.zeros(3, 2, dtype=torch.float64))
+
+
+def test_clip():
+    # unclipped ±0.866 (see test_one_group_by_hand) → ±0.5
+    batch = make_batch([1.0, 0.0, 0.0, 1.0], [[1, 0]] * 4, [0, 0, 0, 0])
+    out = GRPOAdvantage(clip=0.5)(batch)
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(out.advantages[:, 0], expected)
+    assert (out.advantages[:, 1] == 0).all()
+
+
+def test_metrics():
+    # group 0 rewards [1,1]: std 0, all equal; group 1 rewards [1,0]: unbiased std sqrt(0.5)
+    batch = make_batch([1.0, 1.0, 1.0, 0.0], [[1, 1], [1, 0], [1, 1], [1, 1]], [0, 0, 1, 1])
+    m = GRPOAdvantage()(batch).metrics
+    assert m["reward/group_std_mean"].item() == pytest.approx(math.sqrt(0.5) / 2)
+    assert m["reward/zero_std_frac"].item() == pytest.approx(0.5)
+    # token advantages: group 0 → 0 (3 tokens); group 1 → ±0.5/0.70711 = ±0.70711 (2 tokens each)
+    assert m["adv/mean"].item() == pytest.approx(0.0, abs=1e-9)
+    assert m["adv/max"].item() == pytest.approx(math.sqrt(0.5), rel=1e-5)
+    assert m["adv/min"].item() == pytest.approx(-math.sqrt(0.5), rel=1e-5)
+
+
+def test_registered():
+    registry = get_registry()
+    assert registry.get("advantage", "grpo").factory is GRPOAdvantage
+    assert registry.get("advantage", "group_mean").factory is GroupMeanAdvantage
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"scale": "std"}, {"eps": -1.0}, {"clip": 0.0}, {"clip": -1.0}]
+)
+def test_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        GRPOAdvantage(**kwargs)
