@@ -1,4 +1,4 @@
-"""The ``rlloom`` command line: list, validate, train.
+"""The ``rlloom`` command line: list, validate, train, compare.
 
 Errors caused by input print one message to stderr and exit with status 2, no traceback.
 """
@@ -52,6 +52,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rlloom.compare import compare
+
+    return compare(args.config, args.vary, args.overrides, args.steps, args.seeds, args.parallel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlloom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,11 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("compare", help="variants of a pipeline as MLflow child runs under one parent run")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every variant")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="values of one key (repeatable)")
+    p.add_argument("--steps", type=int, help="trainer.max_steps of every variant")
+    p.add_argument("--seeds", type=int, help="run every variant with seeds 0..K-1")
+    p.add_argument("--parallel", type=int, default=1, metavar="P", help="children run at once (default 1)")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (``compare CONFIG --vary a=1,2 x=1``)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except RlloomError as exc:

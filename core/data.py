@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlloom.batch import SFTBatch
+from rlloom.batch import PreferenceBatch, SFTBatch
 from rlloom.errors import DataError
 from rlloom.rollout import PromptBatch, encode_prompts
 
@@ -85,3 +85,68 @@ def sft_batch(dataset, rows: list[int], tokenizer, max_length: int | None = None
     picked = dataset.select(rows)
     ids, attention, loss_mask = encode_pairs(tokenizer, picked["prompt"], picked["completion"], max_length)
     return SFTBatch(ids, attention, loss_mask)
+
+
+def check_preference_rows(dataset, where: str, names: dict[str, str | None] | None = None) -> None:
+    """Every row of a preference dataset holds a text ``prompt``, a non-empty ``chosen`` and a
+    ``rejected`` completion different from ``chosen``; ``DataError`` names the first bad row.
+
+    ``names`` maps ``prompt``/``chosen``/``rejected`` to the fields as the source calls them,
+    for the message.
+    """
+    require_columns(dataset, ["prompt", "chosen", "rejected"], where)
+    named = {c: (names or {}).get(c) or c for c in ("prompt", "chosen", "rejected")}
+    for index, row in enumerate(zip(dataset["prompt"], dataset["chosen"], dataset["rejected"])):
+        values = dict(zip(("prompt", "chosen", "rejected"), row))
+        for column, value in values.items():
+            if value is None:
+                raise DataError(f"{where}, row {index}: field '{named[column]}' is missing")
+            if not isinstance(value, str):
+                raise DataError(
+                    f"{where}, row {index}: field '{named[column]}' holds {type(value).__name__}, expected text"
+                )
+        for column in ("prompt", "chosen"):
+            if not values[column].strip():
+                raise DataError(f"{where}, row {index}: field '{named[column]}' is empty")
+        if values["chosen"] == values["rejected"]:
+            raise DataError(
+                f"{where}, row {index}: fields '{named['chosen']}' and '{named['rejected']}' are identical "
+                f"({values['chosen'][:40]!r}); a preference pair needs two different completions"
+            )
+
+
+def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as a user message through the tokenizer's chat template, ending with the
+    assistant's turn (``add_generation_prompt``); the prompts unchanged when it has none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(prompts)
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def preference_batch(dataset, rows: list[int], tokenizer, max_length: int | None = None) -> PreferenceBatch:
+    """Rows with ``prompt``, ``chosen`` and ``rejected`` as a ``PreferenceBatch`` of N pairs.
+
+    Chosen and rejected rows are encoded together (``encode_pairs``), so both are [N,L] with one
+    width L; the prompt goes through the chat template when the tokenizer has one. The
+    reference log-probs are left unset.
+    """
+    picked = dataset.select(rows)
+    prompts = chat_prompts(tokenizer, picked["prompt"])
+    n = len(prompts)
+    ids, attention, loss_mask = encode_pairs(
+        tokenizer, prompts + prompts, list(picked["chosen"]) + list(picked["rejected"]), max_length
+    )
+    return PreferenceBatch(ids[:n], attention[:n], loss_mask[:n], ids[n:], attention[n:], loss_mask[n:])
+
+
+def stacked_pairs(batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chosen rows over the rejected rows: ``input_ids``, ``attention_mask``, ``loss_mask``
+    [2N,L], the layout the DPO-family losses take their log-probs in."""
+    return (
+        torch.cat([batch.chosen_input_ids, batch.rejected_input_ids]),
+        torch.cat([batch.chosen_attention_mask, batch.rejected_attention_mask]),
+        torch.cat([batch.chosen_loss_mask, batch.rejected_loss_mask]),
+    )

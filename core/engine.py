@@ -24,16 +24,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlloom import forward as fwd
-from rlloom.batch import RolloutBatch
+from rlloom import reference_logps
+from rlloom.batch import PreferenceBatch, RolloutBatch
 from rlloom.checkpoint import checkpoint_dir, latest_checkpoint, load_state, save_checkpoint
 from rlloom.config import disabled_plugins, validate_config
-from rlloom.data import StepIndex, prompt_batch, require_columns, sft_batch
+from rlloom.data import (
+    StepIndex,
+    check_preference_rows,
+    preference_batch,
+    prompt_batch,
+    require_columns,
+    sft_batch,
+    stacked_pairs,
+)
 from rlloom.errors import ConfigError, TrainingError
 from rlloom.kinds import KINDS, AggregationScope
 from rlloom.metrics import MetricAccumulator
 from rlloom.models import PolicyWithValue, char_tokenizer, embedded_model, load_policy, save_policy, unwrap_lm
-from rlloom.ops import global_sum, masked_mean
-from rlloom.registry import get_plugin_manager, get_registry, split_spec
+from rlloom.ops import global_max, global_sum, masked_mean
+from rlloom.registry import Registry, get_plugin_manager, get_registry, split_spec
 from rlloom.rewarding import RewardFunction, score
 from rlloom.rollout import SamplerContext
 from rlloom.settings import as_plain, load_settings
@@ -50,13 +59,12 @@ class Trainer:
     """Builds a pipeline from a config and runs it (``Trainer(cfg).train()``)."""
 
     def __init__(self, cfg: DictConfig, plugin_manager=None):
-        validate_config(cfg)
-        self.raw_cfg = cfg
+        disable = disabled_plugins(cfg)
+        self.pm = plugin_manager or get_plugin_manager(disable)
+        self.registry = Registry.from_plugins(plugin_manager) if plugin_manager else get_registry(disable)
+        validate_config(cfg, self.registry)
         self.cfg = load_settings(cfg)
         t = self.cfg.trainer
-        disable = disabled_plugins(cfg)
-        self.registry = get_registry(disable)
-        self.pm = plugin_manager or get_plugin_manager(disable)
 
         from accelerate import Accelerator
 
@@ -78,9 +86,13 @@ class Trainer:
             self._build_online()
         elif self.mode == "sft":
             require_columns(self.train_data, ["prompt", "completion"], "task (train split)")
+        elif self.mode == "preference":
+            check_preference_rows(self.train_data, "task (train split)")
         else:
             raise ConfigError(f"policy_loss: this engine does not train on '{self.mode}' batches yet")
         self._load_model()
+        if self.mode == "preference":
+            self._reference_pass()
 
     # ------------------------------------------------------------------ building
     def _build(self, kind: str, default: str | None = None, required: bool = True) -> Any:
@@ -140,7 +152,7 @@ class Trainer:
             model, self.tokenizer = load_policy(m.path, value_head=value_head, dtype=m.dtype)
         else:
             alphabet = getattr(self.task, "alphabet", None) or "".join(
-                sorted({ch for col in ("prompt", "completion") if col in self.train_data.column_names for s in self.train_data[col] for ch in s})
+                sorted({ch for col in ("prompt", "completion", "chosen", "rejected") if col in self.train_data.column_names for s in self.train_data[col] for ch in s})
             )
             self.tokenizer = char_tokenizer(alphabet)
             model = embedded_model(self.tokenizer, seed=self.cfg.seed, **OmegaConf.to_container(m.embedded))
@@ -345,6 +357,94 @@ class Trainer:
         shares = {"loss/policy": total, "loss/total": total}
         return total, {"shares": shares, "metrics": dict(loss_out.metrics), "weight": mb.loss_mask.sum().item()}
 
+    # ------------------------------------------------------------------ the preference step
+    def _reference_pass(self) -> None:
+        """The held-out pairs (the first ``eval_size`` of the test split, when evaluating) and
+        the reference log-probs of every train and held-out pair, from the initial policy,
+        computed once and cached in ``output_dir`` (``reference_logps``); none when the loss
+        is reference-free."""
+        t, m = self.cfg.trainer, self.cfg.model
+        self._pairs = {"train": self.train_data}
+        if t.eval_every > 0 and t.eval_size > 0:
+            test = self.task.load("test")
+            check_preference_rows(test, "task (test split)")
+            self._pairs["test"] = test.select(range(min(t.eval_size, len(test))))
+        self._ref: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if getattr(self.policy_loss, "reference_free", False):
+            return
+        identity = reference_logps.model_identity(m.path, m.dtype, OmegaConf.to_container(m.embedded), self.cfg.seed)
+        key = reference_logps.fingerprint(self._pairs, identity, self.tokenizer, self._max_positions())
+        self._ref = reference_logps.cached(
+            Path(self.cfg.output_dir) / reference_logps.CACHE_FILE,
+            key,
+            self._pairs,
+            lambda data: reference_logps.compute(
+                self.policy, data, self.tokenizer, self._max_positions(), t.micro_batch_size, self.device
+            ),
+            self.accelerator.is_main_process,
+            self.accelerator.wait_for_everyone,
+        )
+
+    def _pair_batch(self, split: str, rows: list[int]) -> PreferenceBatch:
+        """Pairs ``rows`` of ``split`` with their cached reference log-probs."""
+        batch = preference_batch(self._pairs[split], rows, self.tokenizer, self._max_positions())
+        if split in self._ref:
+            chosen, rejected = self._ref[split]
+            batch.ref_chosen_logps, batch.ref_rejected_logps = chosen[rows], rejected[rows]
+        return batch
+
+    def preference_step(self, step: int) -> dict[str, float]:
+        t = self.cfg.trainer
+        start = time.perf_counter()
+        index = StepIndex(len(self.train_data), t.batch_size, self.cfg.seed, self.rank, self.world)
+        batch = self._pair_batch("train", index.rows(step))
+        acc = MetricAccumulator()
+        self._optimizer_step(batch, self._preference_loss, acc)
+        metrics = acc.reduce()
+        metrics["time/update_s"] = time.perf_counter() - start
+        tokens = batch.chosen_attention_mask.sum() + batch.rejected_attention_mask.sum()
+        metrics["throughput/tokens_per_s"] = global_sum(tokens).item() / metrics["time/update_s"]
+        return metrics
+
+    def _preference_loss(self, mb: PreferenceBatch, scope: AggregationScope, idx) -> tuple[torch.Tensor, dict]:
+        """One forward over the chosen rows stacked on the rejected rows [2N,L]; the loss is
+        [N,1] with mask ones, so every aggregation averages it over the step's pairs."""
+        mb = mb.to(self.device)
+        needs_logits = getattr(self.policy_loss, "needs_logits", False)
+        input_ids, attention_mask, _ = stacked_pairs(mb)
+        out = fwd.forward_rows(self.model, input_ids, attention_mask, want_logits=needs_logits)
+        loss_out = self.policy_loss(out.logprobs, mb, logits=out.logits)
+        total = self.aggregation(loss_out.loss, loss_out.mask, scope)
+        shares = {"loss/policy": total, "loss/total": total}
+        return total, {"shares": shares, "metrics": dict(loss_out.metrics), "weight": float(len(mb))}
+
+    @torch.no_grad()
+    def _preference_eval(self) -> dict[str, float]:
+        """On the held-out pairs: ``eval/preference_accuracy``, the fraction whose implicit reward
+        margin h = log π(y_w|x)/π_ref(y_w|x) − log π(y_l|x)/π_ref(y_l|x) (seed 002 "Preference
+        Loss"; π_ref uniform when reference-free) is positive, and ``eval/logps_accuracy``, the
+        fraction whose chosen completion the policy finds likelier, log π(y_w|x) > log π(y_l|x).
+        Pairs go in the reference pass's microbatches, so while the policy is the reference h
+        is exactly 0 and no pair counts."""
+        if "test" not in self._pairs:
+            return {}
+        chunks = _chunks(len(self._pairs["test"]), self.cfg.trainer.micro_batch_size)
+        model = self.policy
+        was_training = model.training
+        model.eval()
+        counts = torch.zeros(3, dtype=torch.float64)
+        for idx in chunks[self.rank :: self.world]:
+            batch = self._pair_batch("test", idx.tolist())
+            chosen, rejected = (x.float().cpu() for x in reference_logps.sequence_logps(model, batch.to(self.device)))
+            margin = chosen - rejected
+            if batch.ref_chosen_logps is not None:
+                margin = margin - (batch.ref_chosen_logps - batch.ref_rejected_logps)
+            counts += torch.tensor([float((margin > 0).sum()), float((chosen > rejected).sum()), float(len(idx))])
+        model.train(was_training)
+        counts = global_sum(counts)
+        n = max(counts[2].item(), 1.0)
+        return {"eval/preference_accuracy": counts[0].item() / n, "eval/logps_accuracy": counts[1].item() / n}
+
     def _max_positions(self) -> int | None:
         return getattr(unwrap_lm(self.policy).config, "max_position_embeddings", None)
 
@@ -356,17 +456,27 @@ class Trainer:
         loss, {"shares", "metrics", "weight"}).
         """
         t = self.cfg.trainer
-        mask = rows.mask if isinstance(rows, RolloutBatch) else rows.loss_mask
+        if isinstance(rows, PreferenceBatch):  # one loss entry per pair: loss [N,1], mask ones
+            mask = torch.ones(len(rows), 1)
+        else:
+            mask = rows.mask if isinstance(rows, RolloutBatch) else rows.loss_mask
         totals = global_sum(torch.stack([mask.sum().double(), torch.tensor(float(len(rows)), dtype=torch.float64)]))
         scope = AggregationScope(
             total_tokens=float(totals[0]),
             total_sequences=float(totals[1]),
             max_len=getattr(getattr(self, "sampler", None), "max_new_tokens", mask.shape[1]),
         )
-        pieces = _chunks(len(rows), t.micro_batch_size)
+        # Every process runs the same number of microbatches (DDP synchronises on the last
+        # backward); a process with fewer rows runs a zero-weighted copy of its first row.
+        count = int(global_max(math.ceil(len(rows) / t.micro_batch_size)))
+        pieces = list(torch.arange(len(rows)).tensor_split(count))
         for i, idx in enumerate(pieces):
             sync = contextlib.nullcontext() if i == len(pieces) - 1 else self.accelerator.no_sync(self.model)
             with sync:
+                if len(idx) == 0:
+                    loss, _ = loss_fn(rows.select([0]), scope, torch.tensor([0]))
+                    self.accelerator.backward(loss * 0.0)
+                    continue
                 loss, info = loss_fn(rows.select(idx), scope, idx)
                 if not torch.isfinite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -392,10 +502,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy answers to held-out prompts: ``eval/accuracy`` is the fraction whose first
-        reward is positive, ``eval/reward_mean`` the mean combined reward."""
+        reward is positive, ``eval/reward_mean`` the mean combined reward; preference runs add
+        the held-out preference accuracy (``_preference_eval``)."""
         t = self.cfg.trainer
+        metrics = self._preference_eval() if self.mode == "preference" else {}
         if not self.rewards or t.eval_size <= 0:
-            return {}
+            return metrics
         if not hasattr(self, "_test_data"):
             test = self.task.load("test")
             require_columns(test, ["prompt"], "task (test split)")
@@ -430,7 +542,7 @@ class Trainer:
         lm.train(was_training)
         sums = global_sum(torch.tensor([correct, reward_sum, float(len(data))], dtype=torch.float64))
         n = max(sums[2].item(), 1.0)
-        return {"eval/accuracy": sums[0].item() / n, "eval/reward_mean": sums[1].item() / n}
+        return {**metrics, "eval/accuracy": sums[0].item() / n, "eval/reward_mean": sums[1].item() / n}
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, step: int, run_id: str | None) -> dict[str, Any]:
@@ -498,9 +610,10 @@ class Trainer:
         set_step_seed(self.cfg.seed, -1, self.rank)
         start_step, run_id = self.restore() if self.cfg.resume else (0, None)
         tracker = Tracker(self.cfg.tracking.uri, self.cfg.tracking.experiment, self.accelerator.is_main_process)
-        run_id = tracker.start(self.cfg.tracking.run_name or Path(self.cfg.output_dir).name, run_id)
+        tr = self.cfg.tracking
+        run_id = tracker.start(tr.run_name or Path(self.cfg.output_dir).name, run_id, tr.parent_run_id)
         if start_step == 0:
-            tracker.log_config(as_plain(self.cfg), self._tags())
+            tracker.log_config(as_plain(self.cfg), {**self._tags(), **{str(k): str(v) for k, v in tr.tags.items()}})
         self.pm.hook.rlloom_run_start(config=self.cfg, run_id=run_id)
         metrics: dict[str, float] = {}
         progress = _Progress(t.max_steps, start_step, self.accelerator.is_main_process)
@@ -512,7 +625,8 @@ class Trainer:
                 progress.note(first)
             for step in range(start_step, t.max_steps):
                 set_step_seed(self.cfg.seed, step, self.rank)
-                metrics = self.online_step(step) if self.mode == "rollout" else self.sft_step(step)
+                step_fn = {"rollout": self.online_step, "sft": self.sft_step, "preference": self.preference_step}
+                metrics = step_fn[self.mode](step)
                 done = step + 1
                 if t.eval_every > 0 and (done % t.eval_every == 0 or done == t.max_steps):
                     metrics.update(self.evaluate())
@@ -596,11 +710,12 @@ class _Progress:
             self.bar.stop()
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """``rlloom train``: the warm start first when one is configured, then the run itself.
+def prepare_warm_start(cfg: DictConfig) -> DictConfig:
+    """Run the warm start of ``cfg`` when one is configured; returns ``cfg`` with ``model.path`` set.
 
     ``warm_start.config`` (a preset name or path) runs into ``<output_dir>/warm_start`` once
     (an existing final model there is reused) and its final model becomes ``model.path``.
+    Without a warm start, or with ``model.path`` given, ``cfg`` comes back unchanged.
     """
     from rlloom.config import find_config, load_config
 
@@ -621,4 +736,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 overrides.append(f"tracking.uri={settings.tracking.uri}")
             Trainer(load_config(find_config(ws.config), overrides)).train()
         cfg = OmegaConf.merge(cfg, {"model": {"path": str(final)}})
-    return Trainer(cfg).train()
+    return cfg
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """``rlloom train``: the warm start first when one is configured (``prepare_warm_start``),
+    then the run itself."""
+    return Trainer(prepare_warm_start(cfg)).train()

@@ -69,14 +69,23 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def global_sum(x: Tensor | float) -> Tensor:
-    """Σ of ``x`` over every process (``x`` itself with one process)."""
+def _all_reduce(x: Tensor | float, op) -> Tensor:
     t = torch.as_tensor(x, dtype=torch.float64).clone()
     if is_distributed():
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = t.to(device)
+        dist.all_reduce(t, op=op)
     return t.cpu()
+
+
+def global_sum(x: Tensor | float) -> Tensor:
+    """Σ of ``x`` over every process (``x`` itself with one process)."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
+
+
+def global_max(x: Tensor | float) -> Tensor:
+    """Max of ``x`` over every process."""
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 def global_mean(x: Tensor | float) -> Tensor:

@@ -67,6 +67,8 @@ class TrackingSettings:
     uri: Optional[str] = None  # null: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "rlloom"
     run_name: Optional[str] = None
+    parent_run_id: Optional[str] = None  # nest this run under another (``rlloom compare``)
+    tags: dict = field(default_factory=dict)  # extra run tags
 
 
 @dataclass

@@ -1,0 +1,545 @@
+"""``rlloom compare``: variants of one config as MLflow child runs under one parent run.
+
+``--vary KEY=V1,V2`` (repeatable) gives the values of one key; the children are the cross
+product of all variations (times seeds ``0..K-1`` with ``--seeds K``). Values are read like
+YAML scalars, exactly as ``key=value`` overrides are (``0.28`` a float, ``rloo`` a string,
+``null`` None); a value that names another component replaces the whole component.
+
+Each child is a subprocess ``python -m rlloom.cli train CONFIG ...`` with its overrides,
+its own ``output_dir`` (``<output_dir>/compare/<name>``) and ``tracking.parent_run_id`` set;
+its output goes to ``compare.log`` there. Subprocesses, also in sequential mode, give each
+child fresh accelerate/torch/MLflow state and keep one child's crash from ending the rest.
+``--parallel P`` runs up to P at once (they share the machine's CPUs and devices).
+
+A warm start is run once, before the children, and every child starts from its model,
+unless a varied key is under ``model.`` or ``warm_start.``: then each child warm-starts
+itself.
+
+A child that fails is a FAILED child run with tag ``error``; the others finish. At the end
+the parent run gets the summary table (``summary.json``, an MLflow table, and
+``summary.md``) and ``plots/curves.png`` (reward/mean and eval/accuracy of every variant,
+the mean over seeds with a min–max band), is FAILED when any child failed, and the table
+is printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlloom.errors import ConfigError, RlloomError
+
+PLOTTED = ("reward/mean", "eval/accuracy")
+THROUGHPUT = "throughput/tokens_per_s"
+COLUMNS = (  # (summary key, header, decimals)
+    ("reward/mean", "reward/mean", 3),
+    ("eval/accuracy", "eval/accuracy", 3),
+    ("wall_s", "wall s", 1),
+    (THROUGHPUT, "tokens/s", 0),
+)
+SHARED_WARM_START_BLOCKERS = ("model.", "warm_start.")
+ERROR_TAG_LEN = 500
+LOG_NAME = "compare.log"
+
+
+# ---------------------------------------------------------------------- variants
+def split_values(text: str) -> list[str]:
+    """``"a,[1,2],'x,y'"`` → ``["a", "[1,2]", "'x,y'"]``: commas inside brackets or quotes
+    do not split."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts
+
+
+def parse_value(text: str) -> Any:
+    """A value as a ``key=value`` override reads it (YAML scalars, flow lists and maps)."""
+    try:
+        value = OmegaConf.from_dotlist([f"v={text}"])["v"]
+    except Exception as exc:  # OmegaConf and YAML errors alike
+        raise ConfigError(f"--vary: cannot read value {text!r}: {exc}") from None
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def format_value(value: Any) -> str:
+    """A parsed value as it appears in names and tags (YAML spelling: null, true, 0.28)."""
+    if value is None or isinstance(value, (bool, list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def parse_vary(spec: str) -> tuple[str, list[str]]:
+    """``"KEY=V1,V2"`` → (KEY, [V1, V2]) with the values' texts as given."""
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    if not sep or not key or not values.strip():
+        raise ConfigError(f"--vary {spec!r}: expected KEY=V1,V2[,...]")
+    texts = split_values(values)
+    if any(not t for t in texts):
+        raise ConfigError(f"--vary {spec!r}: empty value")
+    shown = [format_value(parse_value(t)) for t in texts]
+    if len(set(shown)) != len(shown):
+        raise ConfigError(f"--vary {spec!r}: a value is given twice")
+    return key, texts
+
+
+def sanitise(name: str) -> str:
+    """A child name as a directory name: anything but letters, digits and ``._,=+-`` → ``_``."""
+    return re.sub(r"[^\w.,=+-]", "_", name)
+
+
+@dataclass(frozen=True)
+class Child:
+    """One child run: the values it sets (key, value text) and its seed (None: the config's).
+    The seed is part of its name and tags when the comparison runs several seeds."""
+
+    assignments: tuple[tuple[str, str], ...]
+    seed: int | None = None
+    seed_varies: bool = False
+
+    @property
+    def variant(self) -> str:
+        """The name without the seed: what the summary groups seeds by."""
+        return ",".join(f"{k}={format_value(parse_value(t))}" for k, t in self.assignments) or "base"
+
+    @property
+    def name(self) -> str:
+        if not self.seed_varies:
+            return self.variant
+        prefix = self.variant + "," if self.assignments else ""
+        return f"{prefix}seed={self.seed}"
+
+    def tags(self, parent_run_id: str) -> dict[str, str]:
+        tags = {f"vary.{k}": format_value(parse_value(t)) for k, t in self.assignments}
+        if self.seed_varies:
+            tags["vary.seed"] = str(self.seed)
+        tags["compare.parent"] = parent_run_id
+        return tags
+
+
+def expand(varies: Iterable[str], seeds: int | None = None) -> list[Child]:
+    """The cross product of the ``--vary`` specs (first key slowest), times seeds 0..K-1."""
+    axes: list[list[tuple[str, str]]] = []
+    keys: set[str] = set()
+    for spec in varies:
+        key, texts = parse_vary(spec)
+        if key in keys:
+            raise ConfigError(f"--vary: key {key!r} is varied twice; give all its values in one --vary")
+        if key == "seed" and seeds is not None:
+            raise ConfigError("--vary seed=... and --seeds both set the seed; use one")
+        keys.add(key)
+        axes.append([(key, t) for t in texts])
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if not axes and not (seeds and seeds > 1):
+        raise ConfigError("compare: nothing varies; give --vary KEY=V1,V2 or --seeds K with K > 1")
+    combos: list[tuple[tuple[str, str], ...]] = [()]
+    for axis in axes:
+        combos = [(*c, a) for c in combos for a in axis]
+    seed_list: list[int | None] = list(range(seeds)) if seeds else [None]
+    children = [Child(c, s, len(seed_list) > 1) for c in combos for s in seed_list]
+    dirs = [sanitise(c.name) for c in children]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError("--vary: two children get the same directory name; use values that differ in letters or digits")
+    return children
+
+
+# ---------------------------------------------------------------------- running
+@dataclass
+class Result:
+    """What a child left: its run, whether it finished, the error, the metric histories."""
+
+    child: Child
+    run_id: str | None = None
+    ok: bool = False
+    error: str = ""
+    wall_s: float = 0.0
+    history: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def final(self, key: str) -> float | None:
+        if key == "wall_s":
+            return self.wall_s
+        steps = self.history.get(key)
+        if not steps:
+            return None
+        if key == THROUGHPUT:
+            return statistics.fmean(steps.values())
+        return steps[max(steps)]
+
+
+def error_message(log: str, returncode: int) -> str:
+    """The error a child printed: the CLI's one-line message, else the last line (a
+    traceback's exception), else its exit status."""
+    marker = "rlloom: error: "
+    if marker in log:
+        return log.rsplit(marker, 1)[1].strip()
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    if lines:
+        return lines[-1]
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value)
+
+
+class Comparison:
+    """Runs the children of one compare and records them under one parent run."""
+
+    def __init__(
+        self,
+        config: str | Path,
+        varies: list[str],
+        overrides: list[str] = (),
+        steps: int | None = None,
+        seeds: int | None = None,
+        parallel: int = 1,
+        console=None,
+    ):
+        from rich.console import Console
+
+        from rlloom.config import find_config, load_config, validate_config
+        from rlloom.settings import load_settings
+        from rlloom.tracking import resolve_uri
+
+        if parallel < 1:
+            raise ConfigError(f"--parallel must be >= 1, got {parallel}")
+        if steps is not None and steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {steps}")
+        self.config = find_config(config).resolve()
+        self.overrides = list(overrides)
+        self.steps, self.parallel = steps, parallel
+        self.children = expand(varies, seeds)
+        self.base = load_config(self.config, self.overrides)
+        validate_config(self.base)
+        self.settings = load_settings(self.base)
+        self.uri = resolve_uri(self.settings.tracking.uri)
+        self.experiment = self.settings.tracking.experiment
+        self.root = Path(self.settings.output_dir) / "compare"
+        self.varied = [k for k, _ in self.children[0].assignments]
+        self.shared_warm_start = not any(k.startswith(SHARED_WARM_START_BLOCKERS) for k in self.varied)
+        self.console = console or Console()
+        self.model_path: str | None = None
+        self.parent_run_id: str | None = None
+
+    # ------------------------------------------------------------------ pieces
+    def child_dir(self, child: Child) -> Path:
+        return self.root / sanitise(child.name)
+
+    def child_overrides(self, child: Child) -> list[str]:
+        """The child's ``train`` overrides: the shared ones, ``--steps``, its seed, its values,
+        then where it writes and logs."""
+        out = list(self.overrides)
+        if self.steps is not None:
+            out.append(f"trainer.max_steps={self.steps}")
+        if child.seed is not None:
+            out.append(f"seed={child.seed}")
+        out += [f"{k}={t}" for k, t in child.assignments]
+        out += [
+            f"output_dir={_quoted(str(self.child_dir(child)))}",
+            f"tracking.uri={_quoted(self.uri)}",
+            f"tracking.experiment={_quoted(self.experiment)}",
+            f"tracking.run_name={_quoted(child.name)}",
+            f"tracking.parent_run_id={_quoted(self.parent_run_id)}",
+            f"tracking.tags={json.dumps(child.tags(self.parent_run_id))}",
+        ]
+        if self.model_path:
+            out.append(f"model.path={_quoted(self.model_path)}")
+        return out
+
+    def command(self, child: Child) -> list[str]:
+        return [sys.executable, "-m", "rlloom.cli", "train", str(self.config), *self.child_overrides(child)]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.parallel > 1 and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
+        return env
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> int:
+        """Parent run, warm start, children, summary; 0 when every child finished, else 1."""
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
+        self._start_parent()
+        status = "FAILED"
+        try:
+            self._warm_start()
+            results = self._run_children()
+            failed = sum(not r.ok for r in results)
+            self._report(results)
+            status = "FAILED" if failed else "FINISHED"
+            return 1 if failed else 0
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            self.client.set_tag(self.parent_run_id, "error", str(exc)[:ERROR_TAG_LEN])
+            raise
+        finally:
+            self.client.set_terminated(self.parent_run_id, status)
+
+    def _start_parent(self) -> None:
+        from rlloom.settings import as_plain
+
+        name = self.settings.tracking.run_name or f"{Path(self.settings.output_dir).name}-compare"
+        seeds = {c.seed for c in self.children}
+        tags = {
+            "compare.vary": ",".join(self.varied),
+            "compare.children": str(len(self.children)),
+            "compare.seeds": str(len(seeds)),
+            "algorithm": str(self.settings.algorithm),
+            **{str(k): str(v) for k, v in self.settings.tracking.tags.items()},
+        }
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.parent_run_id = run.info.run_id
+        config = as_plain(self.settings)
+        self._log_params(self.parent_run_id, config)
+        self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
+        self.console.print(
+            f"compare: {len(self.children)} children, {self.parallel} at a time; parent run "
+            f"[bold]{name}[/] ({self.parent_run_id}) in experiment '{self.experiment}' at {self.uri}"
+        )
+
+    def _log_params(self, run_id: str, config: dict) -> None:
+        from mlflow.entities import Param
+
+        from rlloom.tracking import flatten
+
+        params = flatten(config)
+        keys = sorted(params)
+        for i in range(0, len(keys), 100):
+            self.client.log_batch(run_id, params=[Param(k, params[k]) for k in keys[i : i + 100]])
+
+    def _warm_start(self) -> None:
+        from rlloom.engine import prepare_warm_start
+        from rlloom.settings import load_settings
+
+        if not self.shared_warm_start or not self.settings.warm_start.config or self.settings.model.path:
+            return
+        self.console.print("compare: warm start, shared by every child")
+        path = load_settings(prepare_warm_start(self.base)).model.path
+        self.model_path = str(Path(path).resolve())
+
+    def _run_children(self) -> list[Result]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = self._env()
+        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+            return list(pool.map(lambda c: self._run_child(c, env), self.children))
+
+    def _run_child(self, child: Child, env: dict[str, str]) -> Result:
+        directory = self.child_dir(child)
+        directory.mkdir(parents=True, exist_ok=True)
+        log_path = directory / LOG_NAME
+        start = time.perf_counter()
+        with open(log_path, "w") as log:
+            proc = subprocess.run(self.command(child), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        result = Result(child, wall_s=time.perf_counter() - start)
+        result.run_id = self._find_run(child)
+        if proc.returncode == 0 and result.run_id is not None:
+            result.ok = True
+            result.history = self._histories(result.run_id)
+            self.console.print(f"[green]✓[/] {child.name}  ({result.wall_s:.1f} s)")
+        else:
+            log_text = log_path.read_text(errors="replace")
+            result.error = (
+                error_message(log_text, proc.returncode) if proc.returncode else "finished without an MLflow run"
+            )
+            self._record_failure(result, log_path)
+            self.console.print(f"[red]✗ {child.name}[/]: {result.error.splitlines()[0][:200]}  (log: {log_path})")
+        return result
+
+    def _find_run(self, child: Child) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`compare.parent` = '{self.parent_run_id}'", max_results=10000
+        )
+        found = [r.info.run_id for r in runs if r.info.run_name == child.name]
+        return found[0] if found else None
+
+    def _record_failure(self, result: Result, log_path: Path) -> None:
+        """The child's run (created here when the child failed before starting one) is
+        FAILED with tag ``error``; its log is an artifact."""
+        child = result.child
+        if result.run_id is None:
+            tags = {"mlflow.parentRunId": self.parent_run_id, **child.tags(self.parent_run_id)}
+            run = self.client.create_run(self.experiment_id, run_name=child.name, tags=tags)
+            result.run_id = run.info.run_id
+            config = self._child_config(child)
+            if config is not None:
+                self._log_params(result.run_id, config)
+        self.client.set_tag(result.run_id, "error", result.error[:ERROR_TAG_LEN])
+        self.client.log_artifact(result.run_id, str(log_path))
+        if self.client.get_run(result.run_id).info.status != "FAILED":
+            self.client.set_terminated(result.run_id, "FAILED")
+
+    def _child_config(self, child: Child) -> dict | None:
+        from rlloom.config import load_config
+        from rlloom.settings import as_plain, load_settings
+
+        try:
+            return as_plain(load_settings(load_config(self.config, self.child_overrides(child))))
+        except (RlloomError, OmegaConfBaseException):
+            return None
+
+    def _histories(self, run_id: str) -> dict[str, dict[int, float]]:
+        return {
+            key: {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
+            for key in (*PLOTTED, THROUGHPUT)
+        }
+
+    # ------------------------------------------------------------------ summary
+    def _report(self, results: list[Result]) -> None:
+        rows = summarise(results)
+        self.console.print(rich_table(rows))
+        self.client.log_table(self.parent_run_id, columns_of(rows), "summary.json")
+        self.client.log_text(self.parent_run_id, markdown_table(rows), "summary.md")
+        figure = plot_curves(results)
+        self.client.log_figure(self.parent_run_id, figure, "plots/curves.png")
+        self.client.set_tag(self.parent_run_id, "compare.failed", str(sum(not r.ok for r in results)))
+
+
+def summarise(results: list[Result]) -> list[dict[str, Any]]:
+    """One row per variant (seeds pooled): status, and per column the mean (and sample std
+    over seeds when more than one finished) of the finished children."""
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(r.child.variant, []).append(r)
+    rows = []
+    for variant, group in groups.items():
+        done = [r for r in group if r.ok]
+        failed = [r for r in group if not r.ok]
+        if not failed:
+            status = "ok"
+        elif len(group) == 1 or not done:
+            status = "FAILED"
+        else:
+            status = f"FAILED {len(failed)}/{len(group)}"
+        row: dict[str, Any] = {"variant": variant, "status": status, "runs": len(group)}
+        for key, _, _ in COLUMNS:
+            values = [v for v in (r.final(key) for r in done) if v is not None]
+            row[key] = statistics.fmean(values) if values else None
+            row[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else None
+        row["error"] = failed[0].error[:ERROR_TAG_LEN] if failed else ""
+        rows.append(row)
+    return rows
+
+
+def _cell(row: dict[str, Any], key: str, decimals: int) -> str:
+    value, std = row[key], row[f"{key} std"]
+    if value is None:
+        return "–"
+    text = f"{value:.{decimals}f}"
+    return f"{text} ± {std:.{decimals}f}" if std is not None else text
+
+
+def _errors(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per failed variant: its name and (the first line of) its first error."""
+    return [f"{row['variant']}: {row['error'].splitlines()[0]}" for row in rows if row["error"]]
+
+
+def rich_table(rows: list[dict[str, Any]]):
+    """The summary as a rich renderable: the table, then the failed variants' errors."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="compare")
+    table.add_column("variant", overflow="fold")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for row in rows:
+        style = None if row["status"] == "ok" else "red"
+        table.add_row(row["variant"], *(_cell(row, k, d) for k, _, d in COLUMNS), row["status"], style=style)
+    return Group(table, *(Text(f"✗ {line}", style="red") for line in _errors(rows)))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    headers = ["variant", *(h for _, h, _ in COLUMNS), "status"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [row["variant"], *(_cell(row, k, d) for k, _, d in COLUMNS), row["status"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    errors = _errors(rows)
+    if errors:
+        lines += ["", "Failed:", "", *(f"- {e}" for e in errors)]
+    return "\n".join(lines) + "\n"
+
+
+def columns_of(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Rows → {column: values}, the shape ``MlflowClient.log_table`` takes."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+def plot_curves(results: list[Result]):
+    """reward/mean and eval/accuracy against step, one line per variant: the mean over its
+    finished seeds, with a min–max band when there are several."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(PLOTTED))
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        if r.ok:
+            groups.setdefault(r.child.variant, []).append(r)
+    for ax, key in zip(axes, PLOTTED):
+        for variant, group in groups.items():
+            steps = sorted(set.intersection(*(set(r.history.get(key, {})) for r in group)))
+            if not steps:
+                continue
+            values = [[r.history[key][s] for r in group] for s in steps]
+            means = [statistics.fmean(v) for v in values]
+            (line,) = ax.plot(steps, means, marker="o" if len(steps) < 20 else None, markersize=3, label=variant)
+            if len(group) > 1:
+                ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[-1].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize="small")
+    return figure
+
+
+def compare(
+    config: str | Path,
+    varies: list[str],
+    overrides: list[str] = (),
+    steps: int | None = None,
+    seeds: int | None = None,
+    parallel: int = 1,
+    console=None,
+) -> int:
+    """``rlloom compare``: exit status 0 when every child finished, 1 when any failed."""
+    return Comparison(config, varies, overrides, steps, seeds, parallel, console).run()

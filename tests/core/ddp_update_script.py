@@ -1,0 +1,71 @@
+"""One optimizer step on a fixed rollout batch, each process taking its share of the rows.
+
+Run as ``python ddp_update_script.py OUT_FILE key=value ...`` (one process) or under
+``accelerate launch --num_processes 2 --cpu`` (two). Writes the gradient the optimizer saw
+and the step's metrics from the main process.
+"""
+import sys
+
+import torch
+
+from rlloom.batch import RolloutBatch
+from rlloom.config import PRESET_DIR, load_config
+from rlloom.engine import Trainer
+from rlloom.metrics import MetricAccumulator
+from rlloom.rollout import completion_mask, encode_prompts
+
+
+def fixed_batch(trainer: Trainer, groups: int = 4, group_size: int = 4) -> RolloutBatch:
+    tok = trainer.tokenizer
+    data = trainer.train_data.select(range(groups))
+    prompts = encode_prompts(tok, data["prompt"], list(range(groups)), {"answer": data["answer"]})
+    g = torch.Generator().manual_seed(1234)
+    n, t = groups * group_size, 5
+    alphabet = tok("0123456789", add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor(alphabet)[torch.randint(len(alphabet), (n, t), generator=g)]
+    ends = torch.randint(1, t, (n,), generator=g)
+    tokens[torch.arange(n), ends] = tok.eos_token_id
+    mask, truncated = completion_mask(tokens, tok.eos_token_id)
+    batch = RolloutBatch(
+        prompt_ids=prompts.input_ids.repeat_interleave(group_size, 0),
+        prompt_mask=prompts.attention_mask.repeat_interleave(group_size, 0),
+        completion_ids=tokens.masked_fill(mask == 0, tok.pad_token_id),
+        mask=mask,
+        group_ids=torch.arange(groups).repeat_interleave(group_size),
+        prompts=[p for p in prompts.texts for _ in range(group_size)],
+        completions=tok.batch_decode(tokens.masked_fill(mask == 0, tok.pad_token_id), skip_special_tokens=True),
+        columns={"answer": [a for a in data["answer"] for _ in range(group_size)]},
+        truncated=truncated,
+    )
+    batch.rewards = torch.randn(n, generator=g)
+    batch.ref_logprobs, _, _ = trainer._no_grad_pass(trainer.ref_policy.model, batch)
+    with torch.no_grad():
+        batch.ref_logprobs -= 0.1 * torch.rand(batch.ref_logprobs.shape, generator=g) * batch.mask
+    batch.advantages = trainer.advantage(batch).advantages
+    return batch
+
+
+def main() -> None:
+    out, overrides = sys.argv[1], sys.argv[2:]
+    trainer = Trainer(load_config(PRESET_DIR / "grpo.yaml", overrides))
+    batch = fixed_batch(trainer)
+    rows = torch.arange(len(batch)).chunk(trainer.world)[trainer.rank]
+    grads = {}
+    step = trainer.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        for name, p in trainer.policy.named_parameters():
+            if p.grad is not None:
+                grads[name] = p.grad.detach().clone()
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record_then_step
+    acc = MetricAccumulator()
+    trainer._optimizer_step(batch.select(rows), lambda b, s, idx: trainer._rollout_loss(b, s, None, idx), acc)
+    metrics = {**acc.reduce(), "world": trainer.world}
+    if trainer.accelerator.is_main_process:
+        torch.save({"grads": grads, "metrics": metrics}, out)
+
+
+if __name__ == "__main__":
+    main()
