@@ -9,7 +9,8 @@ Each child is a subprocess ``python -m rlloom.cli train CONFIG ...`` with its ov
 its own ``output_dir`` (``<output_dir>/compare/<name>``) and ``tracking.parent_run_id`` set;
 its output goes to ``compare.log`` there. Subprocesses, also in sequential mode, give each
 child fresh accelerate/torch/MLflow state and keep one child's crash from ending the rest.
-``--parallel P`` runs up to P at once (they share the machine's CPUs and devices).
+``--parallel P`` runs up to P at once; they share the machine's devices, and its CPUs
+through ``OMP_NUM_THREADS`` = CPUs / P unless that is set.
 
 A warm start is run once, before the children, and every child starts from its model,
 unless a varied key is under ``model.`` or ``warm_start.``: then each child warm-starts
@@ -30,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,10 +205,6 @@ def error_message(log: str, returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
-def _quoted(value: str) -> str:
-    return json.dumps(value)
-
-
 class Comparison:
     """Runs the children of one compare and records them under one parent run."""
 
@@ -231,8 +229,9 @@ class Comparison:
         if steps is not None and steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {steps}")
         self.config = find_config(config).resolve()
-        self.overrides = list(overrides)
-        self.steps, self.parallel = steps, parallel
+        # shared by every child (and logged on the parent): the overrides, then --steps
+        self.overrides = [*overrides, *([f"trainer.max_steps={steps}"] if steps is not None else [])]
+        self.parallel = parallel
         self.children = expand(varies, seeds)
         self.base = load_config(self.config, self.overrides)
         validate_config(self.base)
@@ -251,24 +250,22 @@ class Comparison:
         return self.root / sanitise(child.name)
 
     def child_overrides(self, child: Child) -> list[str]:
-        """The child's ``train`` overrides: the shared ones, ``--steps``, its seed, its values,
-        then where it writes and logs."""
+        """The child's ``train`` overrides: the shared ones, its seed, its values, then where
+        it writes and logs."""
         out = list(self.overrides)
-        if self.steps is not None:
-            out.append(f"trainer.max_steps={self.steps}")
         if child.seed is not None:
             out.append(f"seed={child.seed}")
         out += [f"{k}={t}" for k, t in child.assignments]
-        out += [
-            f"output_dir={_quoted(str(self.child_dir(child)))}",
-            f"tracking.uri={_quoted(self.uri)}",
-            f"tracking.experiment={_quoted(self.experiment)}",
-            f"tracking.run_name={_quoted(child.name)}",
-            f"tracking.parent_run_id={_quoted(self.parent_run_id)}",
+        out += [  # JSON-quoted: YAML reads them back as the exact strings
+            f"output_dir={json.dumps(str(self.child_dir(child)))}",
+            f"tracking.uri={json.dumps(self.uri)}",
+            f"tracking.experiment={json.dumps(self.experiment)}",
+            f"tracking.run_name={json.dumps(child.name)}",
+            f"tracking.parent_run_id={json.dumps(self.parent_run_id)}",
             f"tracking.tags={json.dumps(child.tags(self.parent_run_id))}",
         ]
         if self.model_path:
-            out.append(f"model.path={_quoted(self.model_path)}")
+            out.append(f"model.path={json.dumps(self.model_path)}")
         return out
 
     def command(self, child: Child) -> list[str]:
@@ -417,8 +414,14 @@ class Comparison:
     # ------------------------------------------------------------------ summary
     def _report(self, results: list[Result]) -> None:
         rows = summarise(results)
-        self.console.print(rich_table(rows))
-        self.client.log_table(self.parent_run_id, columns_of(rows), "summary.json")
+        table = rich_table(rows)
+        if not self.console.is_terminal:  # a terminal wraps the table to its width; a file gets it whole
+            wide = self.console.options.update_width(1000)
+            self.console.width = max(self.console.width, self.console.measure(table, options=wide).maximum)
+        self.console.print(table)
+        with warnings.catch_warnings():  # pandas deprecation noise from inside MLflow's log_table
+            warnings.filterwarnings("ignore", message=".*select_dtypes.*")
+            self.client.log_table(self.parent_run_id, columns_of(rows), "summary.json")
         self.client.log_text(self.parent_run_id, markdown_table(rows), "summary.md")
         figure = plot_curves(results)
         self.client.log_figure(self.parent_run_id, figure, "plots/curves.png")
@@ -471,21 +474,21 @@ def rich_table(rows: list[dict[str, Any]]):
     from rich.text import Text
 
     table = Table(title="compare")
-    table.add_column("variant", overflow="fold")
-    for _, header, _ in COLUMNS:
-        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("variant", overflow="fold", min_width=min(30, max((len(r["variant"]) for r in rows), default=7)))
     table.add_column("status", no_wrap=True)
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
     for row in rows:
         style = None if row["status"] == "ok" else "red"
-        table.add_row(row["variant"], *(_cell(row, k, d) for k, _, d in COLUMNS), row["status"], style=style)
+        table.add_row(row["variant"], row["status"], *(_cell(row, k, d) for k, _, d in COLUMNS), style=style)
     return Group(table, *(Text(f"✗ {line}", style="red") for line in _errors(rows)))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["variant", *(h for _, h, _ in COLUMNS), "status"]
+    headers = ["variant", "status", *(h for _, h, _ in COLUMNS)]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row["variant"], *(_cell(row, k, d) for k, _, d in COLUMNS), row["status"]]
+        cells = [row["variant"], row["status"], *(_cell(row, k, d) for k, _, d in COLUMNS)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     errors = _errors(rows)
     if errors:
@@ -503,6 +506,7 @@ def plot_curves(results: list[Result]):
     finished seeds, with a min–max band when there are several."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
@@ -523,7 +527,10 @@ def plot_curves(results: list[Result]):
                 ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.2)
         ax.set_title(key)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    if any(len(g) > 1 for g in groups.values()):
+        figure.suptitle("mean over seeds; band: min–max", fontsize="medium")
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
         handles, labels = axes[-1].get_legend_handles_labels()

@@ -4,7 +4,9 @@ Online RL, per step: SAMPLE → REWARD → FILTER (inside samplers that filter) 
 (old, ref, values) → ADVANTAGE → UPDATE (epochs × minibatches; each optimizer step runs its
 microbatches: loss terms, aggregation, backward, clip, step) → REF POLICY → LOG → CHECKPOINT.
 Offline methods (SFT, DPO) run the same UPDATE on batches drawn from the task's data; which
-batch a run trains on is what its policy loss ``consumes``.
+batch a run trains on is what its policy loss ``consumes``. Preference runs get the
+reference log-probs of every pair once, before training, from the initial policy
+(``reference_logps``), so no reference model is held while they train.
 
 accelerate owns devices, mixed precision and processes. Gradient accumulation is done
 here: every microbatch's loss is its share of the whole step (``AggregationScope`` counts
@@ -44,7 +46,7 @@ from rlloom.models import PolicyWithValue, char_tokenizer, embedded_model, load_
 from rlloom.ops import global_max, global_sum, masked_mean
 from rlloom.registry import Registry, get_plugin_manager, get_registry, split_spec
 from rlloom.rewarding import RewardFunction, score
-from rlloom.rollout import SamplerContext
+from rlloom.rollout import PromptBatch, SamplerContext
 from rlloom.settings import as_plain, load_settings
 from rlloom.tracking import Tracker
 
@@ -185,17 +187,17 @@ class Trainer:
         return batch
 
     # ------------------------------------------------------------------ the online step
-    def _sampler_context(self, step: int) -> SamplerContext:
+    def _prompts(self, step: int, draw: int) -> PromptBatch:
+        """This process's prompts of ``step``; ``draw`` > 0 gives further, differently
+        shuffled batches (for samplers that draw more). Group ids are unique within a step."""
         t = self.cfg.trainer
+        index = StepIndex(len(self.train_data), t.prompts_per_step, self.cfg.seed + 7919 * draw, self.rank, self.world)
         per_process = t.prompts_per_step // self.world
+        return prompt_batch(self.train_data, index.rows(step), self.tokenizer, draw * per_process)
+
+    def _sampler_context(self, step: int) -> SamplerContext:
         draws = iter(range(1, 1 << 30))
-
-        def next_prompts():
-            extra = next(draws)
-            index = StepIndex(len(self.train_data), t.prompts_per_step, self.cfg.seed + 7919 * extra, self.rank, self.world)
-            return prompt_batch(self.train_data, index.rows(step), self.tokenizer, (extra * t.max_steps + step) * per_process * 1000 + self.rank * per_process)
-
-        return SamplerContext(self.policy, self.tokenizer, self.score, next_prompts)
+        return SamplerContext(self.policy, self.tokenizer, self.score, lambda: self._prompts(step, next(draws)))
 
     def _forward_batch(self, model, batch: RolloutBatch, **want: bool) -> fwd.ForwardOutput:
         return fwd.forward_rollout(model, batch.to(self.device), self.temperature, **want)
@@ -217,12 +219,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         # SAMPLE
         start = time.perf_counter()
-        ctx = self._sampler_context(step)
-        index = StepIndex(len(self.train_data), t.prompts_per_step, self.cfg.seed, self.rank, self.world)
-        per_process = t.prompts_per_step // self.world
-        prompts = prompt_batch(self.train_data, index.rows(step), self.tokenizer, (step * self.world + self.rank) * per_process)
         self.model.eval()
-        batch = self.sampler(ctx, prompts)
+        batch = self.sampler(self._sampler_context(step), self._prompts(step, 0))
         self.model.train()
         # REWARD (samplers that filter have scored already)
         if batch.rewards is None:

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 
 import rlloom.reference_logps as reference_logps
+from rlloom.config import PRESET_DIR, load_config
 from rlloom.data import preference_batch, stacked_pairs
 from rlloom.engine import Trainer
 from rlloom.errors import DataError
@@ -179,6 +180,13 @@ def test_end_to_end(tmp_path, tracking_uri, loss):
         assert math.isfinite(metrics[key]), key
     assert 0.0 <= metrics["eval/preference_accuracy"] <= 1.0
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / reference_logps.CACHE_FILE).is_file()
+
+
+def test_dpo_preset_runs_end_to_end(tiny, tmp_path):
+    metrics = Trainer(load_config(PRESET_DIR / "dpo.yaml", tiny)).train()
+    for key in ("loss/total", "dpo/margin", "dpo/accuracy", "eval/preference_accuracy", "eval/accuracy"):
+        assert math.isfinite(metrics[key]), key
     assert (tmp_path / "run" / reference_logps.CACHE_FILE).is_file()
 
 
