@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rlloom.errors import RlloomError
@@ -48,7 +49,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     metrics = run(load_config(args.config, args.overrides))
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "reward/mean"))}
-    print(f"done: {shown}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: {shown}")
     return 0
 
 
@@ -88,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for rlloom's own progress: no per-file progress bars or INFO logs."""
+    import logging
+
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -96,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("train", "compare"):
+        _quiet_libraries()
     try:
         return args.func(args)
     except RlloomError as exc:

@@ -739,5 +739,9 @@ def prepare_warm_start(cfg: DictConfig) -> DictConfig:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """``rlloom train``: the warm start first when one is configured (``prepare_warm_start``),
-    then the run itself."""
-    return Trainer(prepare_warm_start(cfg)).train()
+    then the run itself; the process group (under ``accelerate launch``) is closed at the end."""
+    trainer = Trainer(prepare_warm_start(cfg))
+    try:
+        return trainer.train()
+    finally:
+        trainer.accelerator.end_training()
