@@ -86,7 +86,7 @@ class Trainer:
         ]
         if self.mode == "rollout":
             self._build_online()
-        elif self.mode == "sft":
+        elif self.mode == "supervised":
             require_columns(self.train_data, ["prompt", "completion"], "task (train split)")
         elif self.mode == "preference":
             check_preference_rows(self.train_data, "task (train split)")
@@ -623,7 +623,7 @@ class Trainer:
                 progress.note(first)
             for step in range(start_step, t.max_steps):
                 set_step_seed(self.cfg.seed, step, self.rank)
-                step_fn = {"rollout": self.online_step, "sft": self.sft_step, "preference": self.preference_step}
+                step_fn = {"rollout": self.online_step, "supervised": self.sft_step, "preference": self.preference_step}
                 metrics = step_fn[self.mode](step)
                 done = step + 1
                 if t.eval_every > 0 and (done % t.eval_every == 0 or done == t.max_steps):

@@ -77,7 +77,7 @@ class PolicyLoss(Protocol):
 
     requires: ClassVar[set[str]]
     needs_logits: ClassVar[bool]
-    consumes: ClassVar[str]  # "rollout" (default), "sft" or "preference": the batch it trains on
+    consumes: ClassVar[str]  # "rollout" (default), "supervised" or "preference": the batch it trains on
 
     def __call__(self, logprobs: Tensor, batch: Any, logits: Tensor | None = None) -> LossOutput: ...
 

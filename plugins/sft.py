@@ -82,7 +82,7 @@ class NLL:
 
     requires: ClassVar[set[str]] = set()
     needs_logits: ClassVar[bool] = False
-    consumes: ClassVar[str] = "sft"
+    consumes: ClassVar[str] = "supervised"
     chunk_size: ClassVar[int] = 8
 
     def __init__(self, label_smoothing: float = 0.0, focal_gamma: float = 0.0, focal_alpha: float = 1.0):
