@@ -46,12 +46,26 @@ class StepIndex:
         return window[self.rank :: self.world]
 
 
+def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
+    """Each prompt as a user message through the tokenizer's chat template, ending with the
+    assistant's turn (``add_generation_prompt``); the prompts unchanged when it has none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(prompts)
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
 def prompt_batch(dataset, rows: list[int], tokenizer, first_group_id: int) -> PromptBatch:
-    """Rows of a task dataset as a ``PromptBatch``; other fields travel as ``columns``."""
+    """Rows of a task dataset as a ``PromptBatch`` (prompts through the chat template when the
+    tokenizer has one); other fields travel as ``columns``."""
     picked = dataset.select(rows)
     columns = {c: picked[c] for c in picked.column_names if c != "prompt"}
     group_ids = list(range(first_group_id, first_group_id + len(rows)))
-    return encode_prompts(tokenizer, picked["prompt"], group_ids, columns)
+    batch = encode_prompts(tokenizer, chat_prompts(tokenizer, picked["prompt"]), group_ids, columns)
+    batch.texts = list(picked["prompt"])  # rewards and tables see the prompt as written
+    return batch
 
 
 def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +95,11 @@ def encode_pairs(tokenizer, prompts: list[str], completions: list[str], max_leng
 
 
 def sft_batch(dataset, rows: list[int], tokenizer, max_length: int | None = None) -> SFTBatch:
-    """Rows with ``prompt`` and ``completion`` as an ``SFTBatch`` (completion-only loss)."""
+    """Rows with ``prompt`` and ``completion`` as an ``SFTBatch`` (completion-only loss; the
+    prompt through the chat template when the tokenizer has one)."""
     picked = dataset.select(rows)
-    ids, attention, loss_mask = encode_pairs(tokenizer, picked["prompt"], picked["completion"], max_length)
+    prompts = chat_prompts(tokenizer, picked["prompt"])
+    ids, attention, loss_mask = encode_pairs(tokenizer, prompts, picked["completion"], max_length)
     return SFTBatch(ids, attention, loss_mask)
 
 
@@ -113,17 +129,6 @@ def check_preference_rows(dataset, where: str, names: dict[str, str | None] | No
                 f"{where}, row {index}: fields '{named['chosen']}' and '{named['rejected']}' are identical "
                 f"({values['chosen'][:40]!r}); a preference pair needs two different completions"
             )
-
-
-def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
-    """Each prompt as a user message through the tokenizer's chat template, ending with the
-    assistant's turn (``add_generation_prompt``); the prompts unchanged when it has none."""
-    if not getattr(tokenizer, "chat_template", None):
-        return list(prompts)
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
 
 
 def preference_batch(dataset, rows: list[int], tokenizer, max_length: int | None = None) -> PreferenceBatch:

@@ -6,7 +6,6 @@ metrics are logged asynchronously so logging never blocks a step.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -75,10 +74,15 @@ class Tracker:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
 
     def log_table(self, rows: dict[str, list], artifact_file: str) -> None:
+        """Columns of equal length as an MLflow table artifact (``artifact_file`` ends .json)."""
         if self.enabled:
+            import warnings
+
             import mlflow
 
-            mlflow.log_text(json.dumps(rows, indent=1), artifact_file)
+            with warnings.catch_warnings():  # MLflow's own pandas usage warns about deprecations
+                warnings.simplefilter("ignore")
+                mlflow.log_table(data=rows, artifact_file=artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
