@@ -51,7 +51,29 @@ def _check_positive(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be > 0 or null, got {value}")
 
 
-class K1:
+class _LogRatioKL:
+    """A per-token estimate computed from the (optionally clamped) log-ratio alone."""
+
+    needs_logits: ClassVar[bool] = False
+
+    def __init__(self, clamp: float | None = None):
+        _check_positive("clamp", clamp)
+        self.clamp = clamp
+
+    def __call__(
+        self,
+        logprobs: Tensor,
+        ref_logprobs: Tensor,
+        logits: Tensor | None = None,
+        ref_logits: Tensor | None = None,
+    ) -> Tensor:
+        return self.estimate(_log_ratio(logprobs, ref_logprobs, self.clamp))
+
+    def estimate(self, log_ratio: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class K1(_LogRatioKL):
     """k1 = log π_θ − log π_ref per token: unbiased, can be negative (Schulman 2020).
 
     Seed 004 §2.6 (GRPO): KL(π_θ ‖ π_ref) = E_{o∼π_θ}[ln π_θ/π_ref], "approximated by
@@ -67,23 +89,11 @@ class K1:
     k2 / k3 / exact for a KL loss.
     """
 
-    needs_logits: ClassVar[bool] = False
-
-    def __init__(self, clamp: float | None = None):
-        _check_positive("clamp", clamp)
-        self.clamp = clamp
-
-    def __call__(
-        self,
-        logprobs: Tensor,
-        ref_logprobs: Tensor,
-        logits: Tensor | None = None,
-        ref_logits: Tensor | None = None,
-    ) -> Tensor:
-        return _log_ratio(logprobs, ref_logprobs, self.clamp)
+    def estimate(self, log_ratio: Tensor) -> Tensor:
+        return log_ratio
 
 
-class K2:
+class K2(_LogRatioKL):
     """k2 = ½(log π_θ − log π_ref)² per token: biased, ≥ 0, low variance (Schulman 2020).
 
     Under o ∼ π_θ, E[k2] = KL(π_θ ‖ π_ref) + O(δ³) for nearby distributions (it is an
@@ -97,20 +107,8 @@ class K2:
     loss gives the exact gradient of the reverse KL.
     """
 
-    needs_logits: ClassVar[bool] = False
-
-    def __init__(self, clamp: float | None = None):
-        _check_positive("clamp", clamp)
-        self.clamp = clamp
-
-    def __call__(
-        self,
-        logprobs: Tensor,
-        ref_logprobs: Tensor,
-        logits: Tensor | None = None,
-        ref_logits: Tensor | None = None,
-    ) -> Tensor:
-        return 0.5 * _log_ratio(logprobs, ref_logprobs, self.clamp).square()
+    def estimate(self, log_ratio: Tensor) -> Tensor:
+        return 0.5 * log_ratio.square()
 
 
 class K3:
