@@ -51,16 +51,12 @@ def test_contrib_advantage_values_by_hand(installed_contrib):
         import torch
         from rlloom_median_baseline import MedianBaseline
 
-        from rlloom.batch import RolloutBatch
+        from rlloom.testing import rollout_batch
 
         # group 0 rewards [0, 1, 10] -> median 1 -> [-1, 0, 9]; group 1 [2, 4] -> median 3 -> [-1, 1]
         rewards = torch.tensor([0.0, 1.0, 10.0, 2.0, 4.0])
         mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1], [1, 0]])
-        batch = RolloutBatch(
-            prompt_ids=torch.zeros(5, 1, dtype=torch.long), prompt_mask=torch.ones(5, 1),
-            completion_ids=torch.zeros(5, 2, dtype=torch.long), mask=mask,
-            group_ids=torch.tensor([0, 0, 0, 1, 1]), rewards=rewards,
-        )
+        batch = rollout_batch(mask, group_ids=[0, 0, 0, 1, 1], rewards=rewards)
         adv = MedianBaseline()(batch).advantages
         expected = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [9.0, 9.0], [-1.0, -1.0], [1.0, 0.0]])
         assert torch.equal(adv, expected)

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlloom.batch import RolloutBatch
 from rlloom.kinds import PolicyLoss
 from rlloom.plugins.cispo import CISPO
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.plugins.ppo import PPOClip
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 D = torch.float64
 
@@ -17,19 +17,6 @@ D = torch.float64
 def isclose(metric, value):
     """A metric (a float32 or float64 scalar) equals the hand value to float32 precision."""
     return math.isclose(float(metric), value, rel_tol=1e-6, abs_tol=1e-9)
-
-
-def make_batch(mask, **fields) -> RolloutBatch:
-    mask = torch.as_tensor(mask)
-    B, T = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(B, 1, dtype=torch.long),
-        prompt_mask=torch.ones(B, 1, dtype=torch.long),
-        completion_ids=torch.zeros(B, T, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(B),
-        **fields,
-    )
 
 
 def test_registered_and_defaults():
@@ -63,7 +50,7 @@ def test_values_and_gradients_by_hand():
     ]
     for loss_fn, expected_loss, expected_grad in cases:
         logprobs = lp_values.clone().requires_grad_()
-        batch = make_batch([[1, 1, 1, 1]], advantages=adv, old_logprobs=lp_values - ratios.log())
+        batch = rollout_batch([[1, 1, 1, 1]], advantages=adv, old_logprobs=lp_values - ratios.log())
         out = loss_fn(logprobs, batch)
         torch.testing.assert_close(out.loss[0], torch.tensor(expected_loss, dtype=D))
         out.loss.sum().backward()
@@ -81,7 +68,7 @@ def test_gradient_is_clipped_weight_times_policy_gradient():
     adv = torch.randn(B, T, dtype=D, generator=gen)
     logprobs = torch.log_softmax(theta, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     old = logprobs.detach() + 0.8 * torch.randn(B, T, dtype=D, generator=gen)
-    out = CISPO(eps_low, eps_high)(logprobs, make_batch(mask, advantages=adv, old_logprobs=old))
+    out = CISPO(eps_low, eps_high)(logprobs, rollout_batch(mask, advantages=adv, old_logprobs=old))
     (grad,) = torch.autograd.grad(out.loss.sum(), theta)
     weight = torch.zeros(B, T, dtype=D)
     for i in range(B):
@@ -97,7 +84,7 @@ def test_gradient_is_clipped_weight_times_policy_gradient():
 def test_clipped_tokens_keep_their_gradient():
     # r = 2, A = +1: PPO's clip zeroes the token's gradient, CISPO keeps −1.28·A.
     old = torch.tensor([[-1.0]], dtype=D)
-    batch = make_batch([[1]], advantages=torch.ones(1, 1, dtype=D), old_logprobs=old)
+    batch = rollout_batch([[1]], advantages=torch.ones(1, 1, dtype=D), old_logprobs=old)
     grads = []
     for loss_fn in (PPOClip(eps=0.2, eps_high=0.28), CISPO()):
         logprobs = (old + math.log(2.0)).requires_grad_()
@@ -109,7 +96,7 @@ def test_clipped_tokens_keep_their_gradient():
 def test_on_policy_equals_policy_gradient():
     gen = torch.Generator().manual_seed(1)
     logprobs = (-torch.rand(2, 3, dtype=D, generator=gen)).requires_grad_()
-    batch = make_batch([[1, 1, 1], [1, 1, 0]], advantages=torch.randn(2, 3, dtype=D, generator=gen))
+    batch = rollout_batch([[1, 1, 1], [1, 1, 0]], advantages=torch.randn(2, 3, dtype=D, generator=gen))
     out = CISPO()(logprobs, batch)
     torch.testing.assert_close(out.loss, PolicyGradient()(logprobs, batch).loss)
 
@@ -119,7 +106,7 @@ def test_clip_fractions_whatever_the_advantage_sign():
     # the weight is clipped high on tokens 1–2 (2/5) and low on tokens 3–4 (2/5), either 4/5.
     ratios = torch.tensor([[1.5, 1.5, 0.5, 0.5, 1.0]], dtype=D)
     logprobs = torch.full((1, 5), -1.0, dtype=D)
-    batch = make_batch(
+    batch = rollout_batch(
         [[1] * 5],
         advantages=torch.tensor([[1.0, -1.0, 1.0, -1.0, 0.0]], dtype=D),
         old_logprobs=logprobs - ratios.log(),
@@ -136,7 +123,7 @@ def test_padding_gets_no_loss_and_no_gradient():
     logprobs = torch.tensor([[-1.0, 30.0, -30.0]], dtype=D, requires_grad=True)
     old = torch.tensor([[-1.0, -30.0, 30.0]], dtype=D)
     adv = torch.tensor([[1.0, 1e6, -1e6]], dtype=D)
-    out = CISPO()(logprobs, make_batch([[1, 0, 0]], advantages=adv, old_logprobs=old))
+    out = CISPO()(logprobs, rollout_batch([[1, 0, 0]], advantages=adv, old_logprobs=old))
     out.loss.sum().backward()
     assert out.loss[0, 1:].eq(0).all() and logprobs.grad[0, 1:].eq(0).all()
     assert out.loss[0, 0] == 1.0 and logprobs.grad[0, 0] == -1.0

@@ -1,27 +1,17 @@
 import pytest
 import torch
 
-from rlloom.batch import RolloutBatch
 from rlloom.plugins.gae import GAEAdvantage
 from rlloom.plugins.reinforce import ReinforceBaselineAdvantage
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 F64 = torch.float64
 
 
 def make_batch(rewards, mask, values, token_rewards=None):
-    mask = torch.as_tensor(mask)
-    b, t = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(b, 1, dtype=torch.long),
-        prompt_mask=torch.ones(b, 1, dtype=torch.long),
-        completion_ids=torch.zeros(b, t, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(b),
-        rewards=torch.as_tensor(rewards, dtype=F64),
-        values=torch.as_tensor(values, dtype=F64),
-        token_rewards=None if token_rewards is None else torch.as_tensor(token_rewards, dtype=F64),
-    )
+    f64 = lambda x: None if x is None else torch.as_tensor(x, dtype=F64)  # noqa: E731
+    return rollout_batch(mask, rewards=f64(rewards), values=f64(values), token_rewards=f64(token_rewards))
 
 
 def random_batch(seed, b=6, t=7):

@@ -3,22 +3,13 @@ import math
 import pytest
 import torch
 
-from rlloom.batch import RolloutBatch
 from rlloom.plugins.grpo import GroupMeanAdvantage, GRPOAdvantage
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 
 def make_batch(rewards, mask, group_ids):
-    mask = torch.tensor(mask)
-    b, t = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(b, 1, dtype=torch.long),
-        prompt_mask=torch.ones(b, 1, dtype=torch.long),
-        completion_ids=torch.zeros(b, t, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.tensor(group_ids),
-        rewards=torch.tensor(rewards, dtype=torch.float64),
-    )
+    return rollout_batch(mask, group_ids, rewards=torch.as_tensor(rewards, dtype=torch.float64))
 
 
 def test_one_group_by_hand():

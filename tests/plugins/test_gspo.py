@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from rlloom.batch import RolloutBatch
 from rlloom.kinds import PolicyLoss
 from rlloom.plugins.gspo import GSPO
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 D = torch.float64
 
@@ -14,19 +14,6 @@ D = torch.float64
 def isclose(metric, value):
     """A metric (a float32 or float64 scalar) equals the hand value to float32 precision."""
     return math.isclose(float(metric), value, rel_tol=1e-6, abs_tol=1e-9)
-
-
-def make_batch(mask, **fields) -> RolloutBatch:
-    mask = torch.as_tensor(mask)
-    B, T = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(B, 1, dtype=torch.long),
-        prompt_mask=torch.ones(B, 1, dtype=torch.long),
-        completion_ids=torch.zeros(B, T, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(B),
-        **fields,
-    )
 
 
 def seq_mean_token_mean(loss, mask):
@@ -81,7 +68,7 @@ def test_values_gradients_and_metrics_by_hand():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 0]])
     old = torch.full((4, 3), -2.0, dtype=D)
     logprobs = (old + log_r).requires_grad_()
-    out = GSPO()(logprobs, make_batch(mask, advantages=adv, old_logprobs=old))
+    out = GSPO()(logprobs, rollout_batch(mask, advantages=adv, old_logprobs=old))
     s0, s1, s2, s3 = math.exp(0.0002), math.exp(0.001), math.exp(-0.001), math.exp(0.001)
     expected = torch.tensor(
         [[-s0, -s0, 0.0], [-2.0008, -2.0008, -2.0008], [0.9997, 0.9997, 0.0], [s3, s3, 0.0]], dtype=D
@@ -114,7 +101,7 @@ def test_gradient_equals_sequence_level_objective():
     offsets = torch.tensor([0.3, -0.3, 0.05, -0.05, 0.4, -0.4], dtype=D).unsqueeze(1)
     logprobs = (old + offsets + 0.02 * torch.randn(B, T, dtype=D, generator=gen)).requires_grad_()
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, -2.0, 1.5], dtype=D).unsqueeze(1).expand(B, T) * mask
-    batch = make_batch(mask, advantages=adv, old_logprobs=old)
+    batch = rollout_batch(mask, advantages=adv, old_logprobs=old)
     out = GSPO(eps_low=eps_low, eps_high=eps_high)(logprobs, batch)
     assert 0 < float(out.metrics["clip/frac"]) < 1
     token_form = seq_mean_token_mean(out.loss, mask)
@@ -131,7 +118,7 @@ def test_on_policy_is_sequence_averaged_policy_gradient():
     logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]], dtype=D, requires_grad=True)
     adv = torch.tensor([[2.0, 2.0, 2.0], [-1.0, -1.0, 0.0]], dtype=D)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    out = GSPO()(logprobs, make_batch(mask, advantages=adv))
+    out = GSPO()(logprobs, rollout_batch(mask, advantages=adv))
     expected = torch.tensor([[-2.0, -2.0, -2.0], [1.0, 1.0, 0.0]], dtype=D)
     torch.testing.assert_close(out.loss, expected)
     out.loss.sum().backward()
@@ -143,7 +130,7 @@ def test_padding_gets_no_loss_and_no_gradient():
     logprobs = torch.tensor([[-1.0, 30.0, -30.0]], dtype=D, requires_grad=True)
     old = torch.tensor([[-1.0, -30.0, 30.0]], dtype=D)
     adv = torch.tensor([[1.0, 1e6, -1e6]], dtype=D)
-    out = GSPO()(logprobs, make_batch([[1, 0, 0]], advantages=adv, old_logprobs=old))
+    out = GSPO()(logprobs, rollout_batch([[1, 0, 0]], advantages=adv, old_logprobs=old))
     out.loss.sum().backward()
     assert out.loss[0, 1:].eq(0).all() and logprobs.grad[0, 1:].eq(0).all()
     # The sequence ratio comes from the valid token only: log r = 0 → s = 1, loss −A = −1.

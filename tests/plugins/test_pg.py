@@ -3,25 +3,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rlloom.batch import RolloutBatch
 from rlloom.kinds import PolicyLoss
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 D = torch.float64
-
-
-def make_batch(mask, **fields) -> RolloutBatch:
-    mask = torch.as_tensor(mask)
-    B, T = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(B, 1, dtype=torch.long),
-        prompt_mask=torch.ones(B, 1, dtype=torch.long),
-        completion_ids=torch.zeros(B, T, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(B),
-        **fields,
-    )
 
 
 def test_registered():
@@ -38,7 +25,7 @@ def test_values_by_hand():
     #   row 1: −(−1)·(−0.5) = −0.5, −(−1)·(−0.25) = −0.25, −(−1)·(−3) = −3
     logprobs = torch.tensor([[-1.0, -2.0, 0.5], [-0.5, -0.25, -3.0]], dtype=D)
     adv = torch.tensor([[2.0, 2.0, 7.0], [-1.0, -1.0, -1.0]], dtype=D)
-    batch = make_batch([[1, 1, 0], [1, 1, 1]], advantages=adv)
+    batch = rollout_batch([[1, 1, 0], [1, 1, 1]], advantages=adv)
     out = PolicyGradient()(logprobs, batch)
     expected = torch.tensor([[2.0, 4.0, 0.0], [-0.5, -0.25, -3.0]], dtype=D)
     torch.testing.assert_close(out.loss, expected)
@@ -59,7 +46,7 @@ def test_gradient_matches_seed_formula():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     adv = torch.randn(B, T, dtype=D, generator=gen)
     logprobs = torch.log_softmax(theta, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    out = PolicyGradient()(logprobs, make_batch(mask, advantages=adv))
+    out = PolicyGradient()(logprobs, rollout_batch(mask, advantages=adv))
     (grad,) = torch.autograd.grad(out.loss.sum(), theta)
     expected = -(adv * mask).unsqueeze(-1) * (F.one_hot(tokens, V).to(D) - theta.detach().softmax(-1))
     torch.testing.assert_close(grad, expected)
@@ -68,7 +55,7 @@ def test_gradient_matches_seed_formula():
 def test_padding_gets_no_loss_and_no_gradient():
     logprobs = torch.tensor([[-1.0, 50.0, -30.0]], dtype=D, requires_grad=True)
     adv = torch.tensor([[1.0, 1e6, -1e6]], dtype=D)
-    out = PolicyGradient()(logprobs, make_batch([[1, 0, 0]], advantages=adv))
+    out = PolicyGradient()(logprobs, rollout_batch([[1, 0, 0]], advantages=adv))
     out.loss.sum().backward()
     assert out.loss[0, 1:].eq(0).all()
     assert logprobs.grad[0, 1:].eq(0).all()
@@ -81,7 +68,7 @@ def test_metrics_against_old_logprobs():
     # kl/old_approx = mean(r − 1 − ln r) = ((1 − ln 2) + (−0.5 + ln 2))/2 = 0.25.
     old = torch.tensor([[-1.0, -1.0, -1.0]], dtype=D)
     logprobs = old + torch.tensor([[math.log(2), -math.log(2), 5.0]], dtype=D)
-    batch = make_batch([[1, 1, 0]], advantages=torch.ones(1, 3, dtype=D), old_logprobs=old)
+    batch = rollout_batch([[1, 1, 0]], advantages=torch.ones(1, 3, dtype=D), old_logprobs=old)
     m = PolicyGradient()(logprobs, batch).metrics
     assert math.isclose(m["ratio/mean"], 1.25)
     assert math.isclose(m["ratio/min"], 0.5) and math.isclose(m["ratio/max"], 2.0)

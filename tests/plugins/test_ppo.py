@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from rlloom.batch import RolloutBatch
 from rlloom.errors import ConfigError
 from rlloom.kinds import PolicyLoss, ValueLoss
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.plugins.ppo import ClippedMSEValueLoss, MSEValueLoss, PPOClip
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 D = torch.float64
 
@@ -16,19 +16,6 @@ D = torch.float64
 def isclose(metric, value):
     """A metric (a float32 or float64 scalar) equals the hand value to float32 precision."""
     return math.isclose(float(metric), value, rel_tol=1e-6, abs_tol=1e-9)
-
-
-def make_batch(mask, **fields) -> RolloutBatch:
-    mask = torch.as_tensor(mask)
-    B, T = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(B, 1, dtype=torch.long),
-        prompt_mask=torch.ones(B, 1, dtype=torch.long),
-        completion_ids=torch.zeros(B, T, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(B),
-        **fields,
-    )
 
 
 def ratio_inputs(ratios, old=-1.5):
@@ -41,7 +28,7 @@ def ratio_inputs(ratios, old=-1.5):
 def loss_and_grad(loss_fn, ratios, advs, mask=None):
     logprobs, old = ratio_inputs(ratios)
     mask = [[1] * len(ratios)] if mask is None else mask
-    batch = make_batch(mask, advantages=torch.tensor([advs], dtype=D), old_logprobs=old)
+    batch = rollout_batch(mask, advantages=torch.tensor([advs], dtype=D), old_logprobs=old)
     out = loss_fn(logprobs, batch)
     out.loss.sum().backward()
     return out, logprobs.grad[0]
@@ -107,7 +94,7 @@ def test_on_policy_equals_policy_gradient():
     logprobs = (-torch.rand(3, 5, dtype=D, generator=gen) * 3).requires_grad_()
     adv = torch.randn(3, 5, dtype=D, generator=gen)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
-    batch = make_batch(mask, advantages=adv)
+    batch = rollout_batch(mask, advantages=adv)
     out = PPOClip()(logprobs, batch)
     torch.testing.assert_close(out.loss, -adv * mask)
     (g_ppo,) = torch.autograd.grad(out.loss.sum(), logprobs)
@@ -187,7 +174,7 @@ def test_padding_gets_no_loss_and_no_gradient():
     logprobs = torch.tensor([[-1.0, 40.0, -40.0]], dtype=D, requires_grad=True)
     old = torch.tensor([[-1.2, -60.0, 30.0]], dtype=D)
     adv = torch.tensor([[1.0, -1e6, 1e6]], dtype=D)
-    batch = make_batch([[1, 0, 0]], advantages=adv, old_logprobs=old)
+    batch = rollout_batch([[1, 0, 0]], advantages=adv, old_logprobs=old)
     out = PPOClip(dual_clip=3.0)(logprobs, batch)
     out.loss.sum().backward()
     assert out.loss[0, 1:].eq(0).all() and logprobs.grad[0, 1:].eq(0).all()
@@ -202,7 +189,7 @@ def test_gradcheck_off_the_kinks():
     ratios = torch.tensor([[0.5, 0.9, 1.1, 1.5, 2.5, 0.7], [1.3, 0.6, 1.05, 4.0, 0.95, 1.6]], dtype=D)
     logprobs = (old + ratios.log()).requires_grad_()
     adv = torch.tensor([[1.0, -1.0, 2.0, -0.5, -1.5, 0.3], [-1.0, 1.0, -2.0, -1.0, 0.5, 1.0]], dtype=D)
-    batch = make_batch(torch.tensor([[1] * 6, [1, 1, 1, 1, 1, 0]]), advantages=adv, old_logprobs=old)
+    batch = rollout_batch(torch.tensor([[1] * 6, [1, 1, 1, 1, 1, 0]]), advantages=adv, old_logprobs=old)
     loss = PPOClip(eps_low=0.2, eps_high=0.28, dual_clip=3.0)
     assert torch.autograd.gradcheck(lambda lp: loss(lp, batch).loss, (logprobs,))
 
@@ -215,7 +202,7 @@ def test_mse_values_and_gradient():
     # Seed 002 "Value Gradient": ∂/∂V = V − G = [−1, 1, 0], padding 0.
     values = torch.tensor([[1.0, 3.0, 0.5, 9.0]], dtype=D, requires_grad=True)
     returns = torch.tensor([[2.0, 2.0, 0.5, -9.0]], dtype=D)
-    batch = make_batch([[1, 1, 1, 0]], returns=returns)
+    batch = rollout_batch([[1, 1, 1, 0]], returns=returns)
     out = MSEValueLoss()(values, batch)
     torch.testing.assert_close(out.loss[0], torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=D))
     out.loss.sum().backward()
@@ -234,7 +221,7 @@ def test_mse_gradient_through_a_value_head():
     returns = torch.randn(2, 3, dtype=D, generator=gen)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     values = x @ w
-    out = MSEValueLoss()(values, make_batch(mask, returns=returns))
+    out = MSEValueLoss()(values, rollout_batch(mask, returns=returns))
     (grad,) = torch.autograd.grad(out.loss.sum(), w)
     expected = (((values.detach() - returns) * mask).unsqueeze(-1) * x).sum((0, 1))
     torch.testing.assert_close(grad, expected)
@@ -247,7 +234,7 @@ def test_clipped_mse_by_hand():
     #   V=1.1: inside, both 0.81 → 0.405; grad V−G = −0.9
     #   V=0.9: inside, both 1.21 → 0.605; grad −1.1
     values = torch.tensor([[1.5, 0.5, 1.1, 0.9, 7.0]], dtype=D, requires_grad=True)
-    batch = make_batch(
+    batch = rollout_batch(
         [[1, 1, 1, 1, 0]],
         returns=torch.full((1, 5), 2.0, dtype=D),
         old_values=torch.ones(1, 5, dtype=D),
@@ -267,7 +254,7 @@ def test_clipped_mse_equals_mse_inside_the_range():
     gen = torch.Generator().manual_seed(3)
     old = torch.randn(2, 4, dtype=D, generator=gen)
     values = old + 0.1 * (2 * torch.rand(2, 4, dtype=D, generator=gen) - 1)  # |V − V_old| < 0.2
-    batch = make_batch(
+    batch = rollout_batch(
         torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
         returns=torch.randn(2, 4, dtype=D, generator=gen),
         old_values=old,

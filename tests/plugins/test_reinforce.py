@@ -3,30 +3,21 @@ import statistics
 import pytest
 import torch
 
-from rlloom.batch import RolloutBatch
 from rlloom.plugins.reinforce import (
     ReinforceAdvantage,
     ReinforceBaselineAdvantage,
     ReinforcePPAdvantage,
 )
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 F64 = torch.float64
 
 
 def make_batch(rewards, mask, group_ids=None, values=None, token_rewards=None):
-    mask = torch.tensor(mask)
-    b, t = mask.shape
-    as_tensor = lambda x: None if x is None else torch.tensor(x, dtype=F64)  # noqa: E731
-    return RolloutBatch(
-        prompt_ids=torch.zeros(b, 1, dtype=torch.long),
-        prompt_mask=torch.ones(b, 1, dtype=torch.long),
-        completion_ids=torch.zeros(b, t, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.tensor(group_ids if group_ids is not None else list(range(b))),
-        rewards=as_tensor(rewards),
-        values=as_tensor(values),
-        token_rewards=as_tensor(token_rewards),
+    f64 = lambda x: None if x is None else torch.as_tensor(x, dtype=F64)  # noqa: E731
+    return rollout_batch(
+        mask, group_ids, rewards=f64(rewards), values=f64(values), token_rewards=f64(token_rewards)
     )
 
 

@@ -3,26 +3,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rlloom.batch import RolloutBatch
 from rlloom.kinds import PolicyLoss
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.plugins.trpo import TRPOSurrogate
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 D = torch.float64
-
-
-def make_batch(mask, **fields) -> RolloutBatch:
-    mask = torch.as_tensor(mask)
-    B, T = mask.shape
-    return RolloutBatch(
-        prompt_ids=torch.zeros(B, 1, dtype=torch.long),
-        prompt_mask=torch.ones(B, 1, dtype=torch.long),
-        completion_ids=torch.zeros(B, T, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(B),
-        **fields,
-    )
 
 
 def test_registered():
@@ -42,7 +29,7 @@ def test_values_gradients_and_metrics_by_hand():
     old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]], dtype=D)
     logprobs = (old + ratios.log()).requires_grad_()
     adv = torch.tensor([[1.5, -2.0, 3.0, 1.0]], dtype=D)
-    out = TRPOSurrogate()(logprobs, make_batch([[1, 1, 1, 0]], advantages=adv, old_logprobs=old))
+    out = TRPOSurrogate()(logprobs, rollout_batch([[1, 1, 1, 0]], advantages=adv, old_logprobs=old))
     torch.testing.assert_close(out.loss[0], torch.tensor([-3.0, 1.0, -3.0, 0.0], dtype=D))
     out.loss.sum().backward()
     torch.testing.assert_close(logprobs.grad[0], torch.tensor([-3.0, 1.0, -3.0, 0.0], dtype=D))
@@ -62,7 +49,7 @@ def test_gradient_is_ratio_weighted_policy_gradient():
     adv = torch.randn(B, T, dtype=D, generator=gen)
     logprobs = torch.log_softmax(theta, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     old = logprobs.detach() + 0.5 * torch.randn(B, T, dtype=D, generator=gen)
-    out = TRPOSurrogate()(logprobs, make_batch(mask, advantages=adv, old_logprobs=old))
+    out = TRPOSurrogate()(logprobs, rollout_batch(mask, advantages=adv, old_logprobs=old))
     (grad,) = torch.autograd.grad(out.loss.sum(), theta)
     ratio = [[math.exp(float(logprobs[i, t].detach() - old[i, t])) for t in range(T)] for i in range(B)]
     coeff = -torch.tensor(ratio, dtype=D) * adv * mask
@@ -73,7 +60,7 @@ def test_gradient_is_ratio_weighted_policy_gradient():
 def test_on_policy_gradient_equals_policy_gradient():
     gen = torch.Generator().manual_seed(1)
     logprobs = (-torch.rand(2, 3, dtype=D, generator=gen)).requires_grad_()
-    batch = make_batch([[1, 1, 1], [1, 0, 0]], advantages=torch.randn(2, 3, dtype=D, generator=gen))
+    batch = rollout_batch([[1, 1, 1], [1, 0, 0]], advantages=torch.randn(2, 3, dtype=D, generator=gen))
     (g_trpo,) = torch.autograd.grad(TRPOSurrogate()(logprobs, batch).loss.sum(), logprobs)
     (g_pg,) = torch.autograd.grad(PolicyGradient()(logprobs, batch).loss.sum(), logprobs)
     torch.testing.assert_close(g_trpo, g_pg)
@@ -83,7 +70,7 @@ def test_padding_gets_no_loss_and_no_gradient():
     logprobs = torch.tensor([[-1.0, 30.0, -30.0]], dtype=D, requires_grad=True)
     old = torch.tensor([[-1.0, -30.0, 30.0]], dtype=D)
     adv = torch.tensor([[2.0, 1e6, -1e6]], dtype=D)
-    out = TRPOSurrogate()(logprobs, make_batch([[1, 0, 0]], advantages=adv, old_logprobs=old))
+    out = TRPOSurrogate()(logprobs, rollout_batch([[1, 0, 0]], advantages=adv, old_logprobs=old))
     out.loss.sum().backward()
     assert out.loss[0, 1:].eq(0).all() and logprobs.grad[0, 1:].eq(0).all()
     assert out.loss[0, 0] == -2.0 and logprobs.grad[0, 0] == -2.0
@@ -94,7 +81,7 @@ def test_log_ratio_is_clamped_before_exp():
     # loss is finite (−e^20·A) and the clamped token gets no gradient.
     logprobs = torch.tensor([[100.0]], requires_grad=True)
     old = torch.tensor([[-100.0]])
-    out = TRPOSurrogate()(logprobs, make_batch([[1]], advantages=torch.ones(1, 1), old_logprobs=old))
+    out = TRPOSurrogate()(logprobs, rollout_batch([[1]], advantages=torch.ones(1, 1), old_logprobs=old))
     assert torch.isfinite(out.loss).all()
     assert math.isclose(float(out.loss.detach()), -math.exp(20.0), rel_tol=1e-6)
     out.loss.sum().backward()

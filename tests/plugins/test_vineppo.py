@@ -1,29 +1,19 @@
 import pytest
 import torch
 
-from rlloom.batch import RolloutBatch
 from rlloom.plugins.gae import GAEAdvantage
 from rlloom.plugins.reinforce import ReinforceBaselineAdvantage
 from rlloom.plugins.vineppo import KStepAdvantage, VinePPOAdvantage
 from rlloom.registry import get_registry
+from rlloom.testing import rollout_batch
 
 F64 = torch.float64
 
 
 def make_batch(rewards, mask, values, step_ends=None, token_rewards=None):
-    mask = torch.as_tensor(mask)
-    b, t = mask.shape
-    as_tensor = lambda x: None if x is None else torch.as_tensor(x, dtype=F64)  # noqa: E731
-    return RolloutBatch(
-        prompt_ids=torch.zeros(b, 1, dtype=torch.long),
-        prompt_mask=torch.ones(b, 1, dtype=torch.long),
-        completion_ids=torch.zeros(b, t, dtype=torch.long),
-        mask=mask,
-        group_ids=torch.arange(b),
-        rewards=as_tensor(rewards),
-        values=as_tensor(values),
-        token_rewards=as_tensor(token_rewards),
-        step_ends=None if step_ends is None else torch.as_tensor(step_ends),
+    f64 = lambda x: None if x is None else torch.as_tensor(x, dtype=F64)  # noqa: E731
+    return rollout_batch(
+        mask, rewards=f64(rewards), values=f64(values), token_rewards=f64(token_rewards), step_ends=step_ends
     )
 
 
