@@ -55,9 +55,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from rlloom.compare import compare
+    from rlloom.compare import Comparison
 
-    return compare(args.config, args.vary, args.overrides, args.steps, args.seeds, args.parallel)
+    return Comparison(args.config, args.vary, args.overrides, args.steps, args.seeds, args.parallel).run()
 
 
 def build_parser() -> argparse.ArgumentParser:

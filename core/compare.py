@@ -538,15 +538,3 @@ def plot_curves(results: list[Result]):
         figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize="small")
     return figure
 
-
-def compare(
-    config: str | Path,
-    varies: list[str],
-    overrides: list[str] = (),
-    steps: int | None = None,
-    seeds: int | None = None,
-    parallel: int = 1,
-    console=None,
-) -> int:
-    """``rlloom compare``: exit status 0 when every child finished, 1 when any failed."""
-    return Comparison(config, varies, overrides, steps, seeds, parallel, console).run()

@@ -91,3 +91,16 @@ def clip_metrics(low: Tensor, high: Tensor, mask: Tensor) -> dict[str, Tensor]:
         "clip/high_frac": masked_mean(high.float(), weights),
         "clip/frac": masked_mean((low | high).float(), weights),
     }
+
+
+def clipped_surrogate(
+    ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float, token_log_ratio: Tensor, mask: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """−min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) per token [B,T] (seed 003, DAPO Eq. 1/10) and
+    its ratio and clip metrics; the clip binds low where A < 0 and r < 1−ε_low, high where
+    A > 0 and r > 1+ε_high."""
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    loss = -torch.minimum(ratio * adv, clipped * adv)
+    metrics = ratio_metrics(ratio, token_log_ratio, mask)
+    metrics.update(clip_metrics((adv < 0) & (ratio < 1.0 - eps_low), (adv > 0) & (ratio > 1.0 + eps_high), mask))
+    return loss, metrics

@@ -22,13 +22,7 @@ from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import LossOutput
 from rlloom.ops import masked_mean
-from rlloom.plugins._ratio import (
-    check_positive,
-    clip_metrics,
-    log_ratio,
-    ratio_metrics,
-    zero_padding,
-)
+from rlloom.plugins._ratio import check_positive, clipped_surrogate, log_ratio, zero_padding
 
 
 class GSPO:
@@ -72,16 +66,7 @@ class GSPO:
         seq_log_ratio = masked_mean(lr, weights, dim=1).detach().unsqueeze(1)  # log sg[s_i], [B,1]
         adv = masked_mean(batch.advantages, weights, dim=1).unsqueeze(1)  # A_i, [B,1]
         ratio = torch.exp(seq_log_ratio + logprobs - logprobs.detach())  # s_{i,t}, [B,T]
-        clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
-        loss = -torch.minimum(ratio * adv, clipped * adv)
-        metrics = ratio_metrics(ratio, lr, mask)
-        metrics.update(
-            clip_metrics(
-                (adv < 0) & (ratio < 1.0 - self.eps_low),
-                (adv > 0) & (ratio > 1.0 + self.eps_high),
-                mask,
-            )
-        )
+        loss, metrics = clipped_surrogate(ratio, adv, self.eps_low, self.eps_high, lr, mask)
         return LossOutput(zero_padding(loss, mask), mask, metrics)
 
 

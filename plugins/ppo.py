@@ -24,13 +24,7 @@ from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import LossOutput
 from rlloom.ops import masked_mean
-from rlloom.plugins._ratio import (
-    check_positive,
-    clip_metrics,
-    log_ratio,
-    ratio_metrics,
-    zero_padding,
-)
+from rlloom.plugins._ratio import check_positive, clipped_surrogate, log_ratio, zero_padding
 
 
 class PPOClip:
@@ -80,16 +74,7 @@ class PPOClip:
         adv, mask = batch.advantages, batch.mask
         lr = log_ratio(logprobs, batch)
         ratio = lr.exp()
-        clipped = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
-        loss = -torch.minimum(ratio * adv, clipped * adv)
-        metrics = ratio_metrics(ratio, lr, mask)
-        metrics.update(
-            clip_metrics(
-                (adv < 0) & (ratio < 1.0 - self.eps_low),
-                (adv > 0) & (ratio > 1.0 + self.eps_high),
-                mask,
-            )
-        )
+        loss, metrics = clipped_surrogate(ratio, adv, self.eps_low, self.eps_high, lr, mask)
         if self.dual_clip is not None:
             loss = torch.where(adv < 0, torch.minimum(loss, -self.dual_clip * adv), loss)
             dual = (adv < 0) & (ratio > self.dual_clip) & mask.bool()

@@ -21,7 +21,6 @@ from rlloom.compare import (
     Child,
     Comparison,
     Result,
-    compare,
     error_message,
     expand,
     format_value,
@@ -37,21 +36,9 @@ from rlloom.errors import ConfigError
 from rlloom.settings import load_settings
 
 GRPO = str(PRESET_DIR / "grpo.yaml")
-TINY = [
-    "warm_start.config=null",
-    "model.embedded.hidden_size=32",
-    "model.embedded.num_layers=1",
-    "model.embedded.num_heads=2",
-    "model.embedded.intermediate_size=64",
-    "task.num_train=64",
-    "task.num_test=16",
-    "task.max_value=9",
-    "trainer.prompts_per_step=4",
-    "trainer.eval_every=2",
-    "trainer.eval_size=8",
-    "sampler.num_generations=2",
-    "sampler.max_new_tokens=4",
-]
+from conftest import TINY as TINY_RUN  # noqa: E402  (the tiny-run overrides shared by engine tests)
+
+TINY = [*TINY_RUN, "sampler.num_generations=2", "sampler.max_new_tokens=4"]
 
 
 # ---------------------------------------------------------------------- values and names
@@ -160,11 +147,14 @@ def test_child_overrides_load_into_the_child_config(tmp_path):
 def test_cli_takes_overrides_after_options(monkeypatch):
     seen = {}
 
-    def fake_compare(config, varies, overrides, steps, seeds, parallel):
-        seen.update(config=config, varies=varies, overrides=overrides, steps=steps, seeds=seeds, parallel=parallel)
-        return 1
+    class FakeComparison:
+        def __init__(self, config, varies, overrides, steps, seeds, parallel):
+            seen.update(config=config, varies=varies, overrides=overrides, steps=steps, seeds=seeds, parallel=parallel)
 
-    monkeypatch.setattr("rlloom.compare.compare", fake_compare)
+        def run(self):
+            return 1
+
+    monkeypatch.setattr("rlloom.compare.Comparison", FakeComparison)
     code = main(["compare", GRPO, "seed=3", "--vary", "advantage=rloo,grpo", "trainer.lr=0.1", "--steps", "5",
                  "--vary", "kl=k1,k3", "--parallel", "2"])
     assert code == 1
@@ -257,14 +247,14 @@ def mlflow_server(tmp_path_factory):
 
 def test_compare_records_children_failures_table_and_plots(mlflow_server, tmp_path):
     out = io.StringIO()
-    code = compare(
+    code = Comparison(
         GRPO,
         ["policy_loss.eps=0.2,0.3,-1"],  # eps = -1 is refused when the loss is built
         [*TINY, f"output_dir={tmp_path / 'cmp'}", f"tracking.uri={mlflow_server}", "tracking.experiment=compare-test"],
         steps=2,
         parallel=3,
         console=Console(file=out, width=200),
-    )
+    ).run()
     assert code == 1  # one variant failed
     printed = out.getvalue()
     assert "FAILED" in printed and "eps must be > 0" in printed
