@@ -19,7 +19,7 @@ from torch import Tensor
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import LossOutput
-from rlloom.plugins._ratio import (
+from rlloom.algos.ratio import (
     check_positive,
     clip_metrics,
     log_ratio,

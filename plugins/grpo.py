@@ -10,7 +10,7 @@ from typing import ClassVar
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
-from rlloom.plugins._returns import (
+from rlloom.algos.returns import (
     GROUP_SCALES,
     Groups,
     check_clip,

@@ -22,7 +22,7 @@ from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import LossOutput
 from rlloom.ops import masked_mean
-from rlloom.plugins._ratio import check_positive, clipped_surrogate, log_ratio, zero_padding
+from rlloom.algos.ratio import check_positive, clipped_surrogate, log_ratio, zero_padding
 
 
 class GSPO:

@@ -14,7 +14,7 @@ from torch import Tensor
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import LossOutput
-from rlloom.plugins._ratio import log_ratio, ratio_metrics, zero_padding
+from rlloom.algos.ratio import log_ratio, ratio_metrics, zero_padding
 
 
 class PolicyGradient:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlloom import hookimpl
-from rlloom.plugins._reference import FrozenCopy
+from rlloom.algos.reference import FrozenCopy
 
 
 class PeriodicReset(FrozenCopy):

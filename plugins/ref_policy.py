@@ -12,7 +12,7 @@ import torch
 
 from rlloom import hookimpl
 from rlloom.models import unwrap_lm
-from rlloom.plugins._reference import FrozenCopy
+from rlloom.algos.reference import FrozenCopy
 
 
 class NoReference:

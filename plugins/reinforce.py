@@ -11,7 +11,7 @@ from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
 from rlloom.ops import masked_whiten
-from rlloom.plugins._returns import (
+from rlloom.algos.returns import (
     Groups,
     check_clip,
     check_unit,

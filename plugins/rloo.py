@@ -6,7 +6,7 @@ from typing import ClassVar
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
-from rlloom.plugins._returns import Groups, check_clip, finish, group_relative, read, read_mask
+from rlloom.algos.returns import Groups, check_clip, finish, group_relative, read, read_mask
 
 
 class RLOOAdvantage:

@@ -11,7 +11,7 @@ import torch
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
-from rlloom.plugins._returns import (
+from rlloom.algos.returns import (
     check_clip,
     check_unit,
     discounted_returns,
