@@ -94,7 +94,8 @@ class RolloutBatch(_Rows):
     [B,T] (right-padded), ``group_ids`` [B] (completions answering one prompt share an id),
     ``rewards`` [B], ``truncated`` [B] bool; the optional per-token fields are [B,T].
     ``columns`` holds the dataset's other fields per row (e.g. ``answer``) for rewards;
-    ``prompts``/``completions`` are the decoded texts.
+    ``prompts``/``completions`` are the decoded texts; ``metrics`` are the sampler's scalar
+    metrics of the step (``filter/kept_frac``), logged by the engine.
     """
 
     prompt_ids: Tensor
@@ -116,6 +117,7 @@ class RolloutBatch(_Rows):
     advantages: Tensor | None = None
     returns: Tensor | None = None
     step_ends: Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]

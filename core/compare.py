@@ -336,7 +336,7 @@ class Comparison:
             self.client.log_batch(run_id, params=[Param(k, params[k]) for k in keys[i : i + 100]])
 
     def _warm_start(self) -> None:
-        from rlloom.engine import prepare_warm_start
+        from rlloom.warm_start import prepare_warm_start
         from rlloom.settings import load_settings
 
         if not self.shared_warm_start or not self.settings.warm_start.config or self.settings.model.path:

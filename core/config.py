@@ -81,13 +81,21 @@ def _component_name(value: Any) -> str | None:
 
 def merge(base: DictConfig, override: DictConfig) -> DictConfig:
     """OmegaConf merge, except that a component whose ``name`` changes is replaced whole:
-    the parameters of the old component do not leak into the new one."""
+    the parameters of the old component do not leak into the new one. The keys beside
+    ``name`` that belong to the engine (``kl.coef``, see ``Kind.engine_keys``) stay."""
     base = base.copy()
     for kind in KINDS:
         if kind in override and kind in base:
             new, name = override[kind], _component_name(override[kind])
-            if new is None or OmegaConf.is_list(new) or (name is not None and name != _component_name(base[kind])):
+            if new is None or OmegaConf.is_list(new):
                 base[kind] = None
+            elif name is not None and name != _component_name(base[kind]):
+                old = base[kind]
+                kept = {k: old[k] for k in KINDS[kind].reserved if isinstance(old, DictConfig) and k in old}
+                base[kind] = OmegaConf.create(kept) if kept else None
+                if isinstance(new, str) and kept:
+                    override = override.copy()
+                    override[kind] = {"name": new}
     return OmegaConf.merge(base, override)
 
 

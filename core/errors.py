@@ -14,7 +14,7 @@ class RegistryError(RlloomError):
 
 
 class PluginLoadError(RlloomError):
-    """A third-party plugin failed to import."""
+    """A plugin failed to import, or implements a hook under a wrong name (or without @hookimpl)."""
 
 
 class DataError(RlloomError):

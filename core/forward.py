@@ -1,7 +1,7 @@
 """Forward passes that turn token rows into log-probs (and logits, values, entropy).
 
 Log-probs are log softmax(logits / temperature) of the tokens actually present, in float32,
-gathered without a second [B,L,V] tensor (seed 000 "Log-Space Computations").
+gathered without a second [B,L,V] tensor (log space avoids underflow of π).
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Tensor helpers every component shares: masked reductions, log-probs, entropy, global sums.
 
-Masked statistics follow the seeds' ``masked_mean(x, mask) = Σ x·mask / Σ mask``
-(seed 000 "Masked Computations", seed 002 "Masked Computations"). Log-probs are taken in
-float32 (seed 000 "Floating-Point Precision") without a second [B,T,V] tensor.
+Masked statistics are ``masked_mean(x, mask) = Σ x·mask / Σ mask`` over the valid elements.
+Log-probs are taken in float32 (logits upcast chunk by chunk) without a second [B,T,V] tensor.
 """
 from __future__ import annotations
 
@@ -57,7 +56,8 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = 8) ->
 
 def entropy_from_logits(logits: Tensor, chunk_size: int = 8) -> Tensor:
     """H(π) = −Σ_v π_v log π_v per position, [B,T,V] → [B,T], in float32, chunked over rows
-    (seed 002 "Entropy Loss"). Logits of −inf (masked tokens) count as 0·log 0 = 0."""
+    (the entropy bonus of PPO, Schulman et al. 2017). Logits of −inf (masked tokens) count as
+    0·log 0 = 0."""
     out = []
     for rows in logits.split(chunk_size):
         logp = torch.log_softmax(rows.float(), dim=-1).clamp(min=torch.finfo(torch.float32).min)
@@ -89,7 +89,7 @@ def global_max(x: Tensor | float) -> Tensor:
 
 
 def global_mean(x: Tensor | float) -> Tensor:
-    """Mean of a per-process scalar over processes: (1/N) Σ_i x_i (seed 000 "Distributed Reductions")."""
+    """Mean of a per-process scalar over processes: (1/N) Σ_i x_i."""
     world = dist.get_world_size() if is_distributed() else 1
     return global_sum(x) / world
 

@@ -1,6 +1,6 @@
 """Reference log-probs of preference pairs: computed once from the initial policy, cached with the run.
 
-The DPO family (seed 002 "Preference Loss") compares the policy with a reference π_ref through
+The DPO family (DPO, Rafailov et al. 2023, Eq. 7) compares the policy with a reference π_ref through
 the sequence log-probs log π_ref(y|x) = Σ_t log π_ref(y_t | x, y_<t) of every pair's chosen and
 rejected completions. π_ref is the policy the run starts from (``model.path``, the warm start,
 or the embedded model), which never changes, so the sums are computed once before training

@@ -20,7 +20,7 @@ import pluggy
 
 from rlloom import hookspecs
 from rlloom.errors import ConfigError, PluginLoadError, RegistryError
-from rlloom.kinds import KINDS
+from rlloom.kinds import KINDS, conform, engine_keys, nested_components
 
 ENTRY_POINT_GROUP = "rlloom.plugins"
 
@@ -56,7 +56,9 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> pluggy.PluginManager:
 
     ``disable`` names plugins to skip: an entry point's name or a builtin module's full name
     (``rlloom.plugins.dapo``). A third-party plugin that fails to import raises
-    ``PluginLoadError`` naming it and how to disable it.
+    ``PluginLoadError`` naming it and how to disable it; so does a plugin with a misspelled
+    hook: an ``@hookimpl`` whose name is no hook, or an ``rlloom_*`` function (nearly) named
+    like a hook but lacking ``@hookimpl``, which pluggy would silently ignore.
     """
     disabled = set(disable)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -64,20 +66,108 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> pluggy.PluginManager:
     for module_name in _builtin_modules():
         if module_name not in disabled:
             pm.register(importlib.import_module(module_name), name=module_name)
+    from_entry_points: dict[str, Any] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in disabled or pm.has_plugin(ep.name):
             continue
         try:
             plugin = ep.load()
         except Exception as exc:  # any import-time failure of foreign code
-            dist = f" (package {ep.dist.name})" if ep.dist is not None else ""
             raise PluginLoadError(
-                f"plugin '{ep.name}'{dist} failed to import from entry point '{ep.value}': "
-                f"{type(exc).__name__}: {exc}. Disable it with `plugins.disable: [{ep.name}]` in "
-                f"the config or RLLOOM_DISABLE_PLUGINS={ep.name} in the environment."
+                f"{_plugin_label(ep.name, ep)} failed to import from entry point '{ep.value}': "
+                f"{type(exc).__name__}: {exc}. {_disable_hint(ep.name)}"
             ) from exc
         pm.register(plugin, name=ep.name)
+        from_entry_points[ep.name] = ep
+    _check_hook_names(pm, from_entry_points)
     return pm
+
+
+def _plugin_label(name: str, ep: Any = None) -> str:
+    """``plugin 'name'``, with ``(package dist)`` for an entry point that has a distribution."""
+    dist = getattr(ep, "dist", None)
+    return f"plugin '{name}'" + (f" (package {dist.name})" if dist is not None else "")
+
+
+def _disable_hint(name: str) -> str:
+    return (
+        f"Disable it with `plugins.disable: [{name}]` in the config or "
+        f"RLLOOM_DISABLE_PLUGINS={name} in the environment."
+    )
+
+
+def _spec_names(pm: pluggy.PluginManager) -> list[str]:
+    return sorted(
+        name for name, caller in vars(pm.hook).items()
+        if not name.startswith("_") and caller.has_spec()
+    )
+
+
+def _check_hook_names(pm: pluggy.PluginManager, from_entry_points: Mapping[str, Any]) -> None:
+    """Refuse a plugin whose hook is misspelled instead of letting pluggy ignore it."""
+    known = _spec_names(pm)
+
+    def fail(name: str, problem: str) -> None:
+        ep = from_entry_points.get(name)
+        hint = f" {_disable_hint(name)}" if ep is not None else ""
+        raise PluginLoadError(f"{_plugin_label(name, ep)} {problem}.{hint}")
+
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        unknown = sorted(
+            caller.name for caller in pm.get_hookcallers(exc.plugin) or () if not caller.has_spec()
+        )
+        hook = unknown[0] if unknown else "?"
+        close = difflib.get_close_matches(hook, known, n=1)
+        suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+        fail(name, f"implements unknown hook '{hook}'{suggestion}; known hooks: {', '.join(known)}")
+
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked
+            continue
+        registered = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
+        for attr, hook in _unmarked_hooks(plugin, known):
+            if attr in registered:
+                continue
+            rename = f" and rename it to '{hook}'" if hook != attr else ""
+            fail(
+                name,
+                f"defines {attr}() without @hookimpl, so it is never called; decorate it with "
+                f"@hookimpl (from rlloom import hookimpl){rename}",
+            )
+
+
+def _unmarked_hooks(plugin: Any, known: list[str]) -> list[tuple[str, str]]:
+    """``(attribute, hook)`` for the plugin's own ``rlloom_*`` callables named (nearly) like a hook.
+
+    Only callables defined by the plugin itself count (a module's own functions, a plugin
+    class's own methods), so a hook function imported into a plugin module is not flagged.
+    """
+    if inspect.ismodule(plugin):
+        home = plugin.__name__
+    else:
+        home = (plugin if inspect.isclass(plugin) else type(plugin)).__module__
+    suffixes = {hook[len("rlloom_"):]: hook for hook in known if hook.startswith("rlloom_")}
+    found = []
+    for attr in sorted(dir(plugin)):
+        if not attr.startswith("rlloom_"):
+            continue
+        try:
+            value = inspect.getattr_static(plugin, attr)
+        except AttributeError:
+            continue
+        value = getattr(value, "__func__", value)  # staticmethod/classmethod
+        if not callable(value) or getattr(value, "__module__", None) != home:
+            continue
+        if attr in known:
+            found.append((attr, attr))
+            continue
+        close = difflib.get_close_matches(attr[len("rlloom_"):], list(suffixes), n=1)
+        if close:
+            found.append((attr, suffixes[close[0]]))
+    return found
 
 
 class Registry:
@@ -145,6 +235,7 @@ class Registry:
             entry = self.get(kind, name)
         except RegistryError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        engine_keys(kind, params, path)
         for key in KINDS[kind].reserved if kind in KINDS else ():
             params.pop(key, None)
         signature = inspect.signature(entry.factory)
@@ -168,22 +259,25 @@ class Registry:
             raise ConfigError(
                 f"{path}: {kind} '{name}': {exc}; accepted keys: {', '.join(accepted) or 'none'}"
             ) from None
-        for param, nested_kind in getattr(entry.factory, "nested_components", {}).items():
+        for param, nested_kind in nested_components(entry.factory).items():
             if param in params:
                 self.bind(nested_kind, params[param], f"{path}.{param}")
         return entry, params
 
     def build(self, kind: str, spec: Any, path: str | None = None) -> Any:
-        """Build the component ``spec`` names, nested components first."""
+        """Build the component ``spec`` names, nested components first, and check it against
+        its kind's contract (``kinds.conform``)."""
         path = path or kind
         entry, params = self.bind(kind, spec, path)
-        for param, nested_kind in getattr(entry.factory, "nested_components", {}).items():
+        for param, nested_kind in nested_components(entry.factory).items():
             if param in params:
                 params[param] = self.build(nested_kind, params[param], f"{path}.{param}")
         try:
-            return entry.factory(**params)
+            component = entry.factory(**params)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: {kind} '{entry.name}': {exc}") from exc
+        conform(kind, component, f"{path} ('{entry.name}' from plugin '{entry.plugin}')")
+        return component
 
 
 def split_spec(spec: Any, path: str) -> tuple[str, dict[str, Any]]:

@@ -47,10 +47,6 @@ class TrainerSettings:
     weight_decay: float = 0.0
     adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
-    kl_coef: float = 0.0  # β; 0 builds no reference model
-    kl_target: Optional[float] = None  # adaptive β towards this KL (Ziegler et al.)
-    kl_horizon: int = 10000
-    kl_in_reward: bool = False  # subtract β·KL from per-token rewards instead of the loss
     entropy_coef: float = 0.0  # c2: loss −= c2·H
     value_coef: float = 0.5  # c1: loss += c1·L_value
     eval_every: int = 10
@@ -95,8 +91,23 @@ class Settings:
     warm_start: WarmStartSettings = field(default_factory=WarmStartSettings)
 
 
+MOVED = {
+    "trainer.kl_coef": "kl.coef",
+    "trainer.kl_target": "kl.target",
+    "trainer.kl_horizon": "kl.horizon",
+    "trainer.kl_in_reward": "kl.in_reward",
+}
+"""Keys that moved: the KL term (estimator, β, its control and placement) is one entry, ``kl:``."""
+
+
 def load_settings(cfg: DictConfig) -> DictConfig:
     """``cfg`` merged onto the schema: unknown keys and wrong types raise ``ConfigError``."""
+    for old, new in MOVED.items():
+        if OmegaConf.select(cfg, old, default=None) is not None:
+            raise ConfigError(
+                f"{old}: moved to `{new}`; the KL term is configured in one place, "
+                f"e.g. `kl: {{name: k3, coef: 0.02}}` (`kl: null` turns it off)"
+            )
     schema = OmegaConf.structured(Settings)
     own = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in KINDS]) if len(cfg) else cfg
     try:

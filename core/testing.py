@@ -1,4 +1,5 @@
-"""Helpers for testing components: a RolloutBatch from just the fields a component reads."""
+"""Helpers for testing components: the contract check of a kind, and a RolloutBatch from just
+the fields a component reads."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,7 @@ import torch
 from torch import Tensor
 
 from rlloom.batch import RolloutBatch
+from rlloom.kinds import conform
 
 _NOT_TENSORS = ("prompts", "completions", "columns")
 
@@ -32,3 +34,14 @@ def rollout_batch(mask: Any, group_ids: Any = None, **fields: Any) -> RolloutBat
         group_ids=torch.arange(B) if group_ids is None else torch.as_tensor(group_ids),
         **fields,
     )
+
+
+def check_component(kind: str, component: Any) -> Any:
+    """Check ``component`` against the contract of ``kind`` exactly as the engine does when it
+    builds a pipeline (its methods, and the type of every attribute the engine reads); returns
+    the declared attributes with the kind's defaults filled in. Raises ``ConfigError`` saying
+    what is missing or wrong.
+
+    In a plugin's tests: ``assert check_component("advantage", MyAdvantage()).requires == {"rewards"}``.
+    """
+    return conform(kind, component, kind)

@@ -1,4 +1,5 @@
-"""MLflow, the only place rlloom talks to it.
+"""MLflow logging of a training run (``rlloom compare`` manages its parent and child runs
+through the MLflow client itself, in ``compare.py``).
 
 One run per training. Tracking goes to ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else an
 embedded SQLite store ``mlflow.db`` in the working directory. Only the main process logs;
@@ -96,3 +97,24 @@ class Tracker:
 
             mlflow.flush_async_logging()
             mlflow.end_run(status=status)
+
+
+def run_tags(cfg: Any, mode: str, reward_names: list[str], registry: Any) -> dict[str, str]:
+    """The tags of a run: its algorithm and mode, each component's name, and the version of
+    every installed package that provides plugins."""
+    import importlib.metadata as md
+
+    from rlloom.kinds import KINDS
+    from rlloom.registry import split_spec
+
+    tags = {"algorithm": cfg.algorithm, "mode": mode}
+    for kind in KINDS:
+        if cfg[kind] is not None and kind != "reward":
+            tags[f"component.{kind}"] = split_spec(cfg[kind], kind)[0]
+    tags["component.reward"] = ",".join(reward_names)
+    for plugin in sorted({e.plugin.split(".")[0] for k in registry.kinds() for e in registry.entries(k)}):
+        try:
+            tags[f"plugin.{plugin}"] = md.version(plugin)
+        except md.PackageNotFoundError:
+            continue
+    return tags

@@ -8,8 +8,8 @@ all microbatches and processes add up to the aggregate of the one big batch, and
 
 The four variants differ in how tokens of sequences of different lengths are weighted:
 
-- ``token_mean``: every token alike (DAPO, seed 003 Eq. (8)/(10)).
-- ``seq_mean_token_mean``: every sequence alike, tokens averaged within it (GRPO, seed 004 §2.6).
+- ``token_mean``: every token alike (DAPO, Yu et al. 2025, Eq. 8/10).
+- ``seq_mean_token_mean``: every sequence alike, tokens averaged within it (GRPO, Shao et al. 2024).
 - ``seq_mean_token_sum``: every sequence alike, tokens summed within it.
 - ``seq_mean_token_sum_norm``: token sums divided by a constant length (Dr.GRPO).
 
@@ -33,7 +33,7 @@ def _share(total: Tensor, count: float | Tensor) -> Tensor:
 class TokenMean:
     """Σ_i Σ_t loss·mask / (tokens in the step): every token weighs the same (DAPO).
 
-    Seed 003, DAPO Eq. (8)/(10): the token-level weighting 1/Σ_{i=1}^G |o_i| so that long
+    DAPO, Yu et al. 2025, Eq. 8/10: the token-level weighting 1/Σ_{i=1}^G |o_i| so that long
     completions are not down-weighted per token. ``loss``, ``mask`` [B,T] → scalar, divided by
     ``scope.total_tokens`` (the mask's sum over the whole optimizer step).
     """
@@ -45,8 +45,8 @@ class TokenMean:
 class SeqMeanTokenMean:
     """Σ_i [Σ_t loss·mask / |o_i|] / (sequences in the step): mean over tokens, then sequences (GRPO).
 
-    Seed 004 §2.6, the GRPO objective (1/G) Σ_i (1/|o_i|) Σ_t (...): each sequence weighs the
-    same, so a token of a short sequence weighs more than one of a long sequence.
+    The GRPO objective (Shao et al. 2024, DeepSeekMath), (1/G) Σ_i (1/|o_i|) Σ_t (...): each
+    sequence weighs the same, so a token of a short sequence weighs more than one of a long one.
     ``loss``, ``mask`` [B,T] → scalar, divided by ``scope.total_sequences``; |o_i| = Σ_t mask.
     """
 
@@ -58,8 +58,8 @@ class SeqMeanTokenMean:
 class SeqMeanTokenSum:
     """Σ_i Σ_t loss·mask / (sequences in the step): token sums averaged over sequences.
 
-    The per-sequence log-likelihood form (seed 002 "SFT Loss", a sum over t inside the
-    expectation over sequences). ``loss``, ``mask`` [B,T] → scalar, divided by
+    The per-sequence log-likelihood form (the SFT loss −E_y[Σ_t log π(y_t | x, y_<t)], a sum
+    over t inside the expectation over sequences). ``loss``, ``mask`` [B,T] → scalar, divided by
     ``scope.total_sequences``.
     """
 

@@ -1,9 +1,9 @@
-"""DAPO: Decoupled clip and Dynamic sAmpling Policy Optimization (seed 003).
+"""DAPO: Decoupled clip and Dynamic sAmpling Policy Optimization (Yu et al. 2025, arXiv:2503.14476).
 
 The pieces DAPO adds to the pipeline:
 
-- ``overlong`` reward: soft overlong punishment, DAPO Eq. (13) (seed 003 §5).
-- ``dynamic`` sampler: dynamic sampling, keeping only groups with mixed outcomes, DAPO Eq. (8).
+- ``overlong`` reward: soft overlong punishment, DAPO Eq. 13.
+- ``dynamic`` sampler: dynamic sampling, keeping only groups with mixed outcomes, DAPO Eq. 8.
 
 Its decoupled clip (ε_low, ε_high; Eq. 10) is ``ppo_clip(eps_low=..., eps_high=...)`` and its
 token-level loss is the ``token_mean`` aggregation.
@@ -16,6 +16,7 @@ import torch
 
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
+from rlloom.kinds import conform
 from rlloom.rewarding import column
 from rlloom.rollout import PromptBatch, SamplerContext, concat_rollouts
 
@@ -23,7 +24,7 @@ from rlloom.rollout import PromptBatch, SamplerContext, concat_rollouts
 class Overlong:
     """DAPO soft overlong punishment: 0 up to max_len - cache_len tokens, then falling to -1.
 
-    Seed 003 §5, DAPO Eq. (13), with ``L = |y|`` the completion's length in tokens (the
+    DAPO, Yu et al. 2025, Eq. 13, with ``L = |y|`` the completion's length in tokens (the
     ``completion_lengths`` column), ``L_max = max_len`` and ``L_cache = cache_len``::
 
         R_length(y) = 0                                  if L ≤ L_max − L_cache
@@ -52,14 +53,15 @@ class Overlong:
 class DynamicSampling:
     """DAPO dynamic sampling: keep only prompts whose G rewards are not all equal.
 
-    Seed 003 §2.3, DAPO Eq. (8): 0 < |{o_i : is_equivalent(a, o_i)}| < G. A group whose
+    DAPO, Yu et al. 2025, Eq. 8: 0 < |{o_i : is_equivalent(a, o_i)}| < G. A group whose
     completions are all right or all wrong has zero group-relative advantage and only adds
     noise, so it is dropped; with a ±1 outcome reward "rewards not all equal" is exactly
-    Eq. (8), and it extends to shaped rewards. Wraps the sampler ``base``: samples and scores
+    Eq. 8, and it extends to shaped rewards. Wraps the sampler ``base``: samples and scores
     a batch, keeps the mixed groups, and draws further prompt batches (``ctx.next_prompts``)
     until as many groups as prompts were asked for are kept or ``max_batches`` batches were
     drawn. When nothing is kept the last batch is returned unfiltered (its advantages are 0).
-    ``last_metrics``: ``filter/kept_frac`` (kept ÷ sampled groups), ``filter/batches``.
+    Metrics (in the batch's ``metrics``): ``filter/kept_frac`` (kept ÷ sampled groups),
+    ``filter/batches``.
     """
 
     nested_components = {"base": "sampler"}
@@ -68,7 +70,6 @@ class DynamicSampling:
         if max_batches < 1:
             raise ValueError(f"max_batches must be >= 1, got {max_batches}")
         self.base, self.max_batches = base, max_batches
-        self.last_metrics: dict[str, float] = {}
 
     @property
     def max_new_tokens(self) -> int:
@@ -77,6 +78,10 @@ class DynamicSampling:
     @property
     def temperature(self) -> float:
         return self.base.temperature
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset(conform("sampler", self.base).provides)
 
     def __call__(self, ctx: SamplerContext, prompts: PromptBatch, num_generations: int | None = None) -> RolloutBatch:
         wanted = len(prompts)
@@ -95,11 +100,13 @@ class DynamicSampling:
                 rows = torch.isin(batch.group_ids, torch.tensor(mixed)).nonzero().squeeze(1)
                 kept.append(batch.select(rows))
                 kept_groups += len(mixed)
-        self.last_metrics = {
+        out = concat_rollouts(kept, ctx.tokenizer.pad_token_id) if kept else batch
+        out.metrics = {
+            **out.metrics,
             "filter/kept_frac": kept_groups / max(sampled_groups, 1),
             "filter/batches": float(draws),
         }
-        return concat_rollouts(kept, ctx.tokenizer.pad_token_id) if kept else batch
+        return out
 
 
 def _spread(batch: RolloutBatch, group: int) -> float:

@@ -1,13 +1,13 @@
 """Direct preference optimisation and its variants, on sequence log-probs of preference pairs.
 
-Seed 002 "DPO Loss": L_DPO(θ) = L_preference(θ) + w·L_SFT(θ), with (seed 002 "Preference Loss";
-Rafailov et al. 2023, Eq. 7)
+L(θ) = L_preference(θ) + w·L_SFT(θ), with the DPO loss (DPO, Rafailov et al. 2023, Eq. 7)
 
     L_preference = −E log σ(β·h),  h = log π_θ(y_w|x)/π_ref(y_w|x) − log π_θ(y_l|x)/π_ref(y_l|x),
 
-and L_SFT = −Σ_t log π_θ(y_w,t | x, y_w,<t) on the chosen completion (seed 002 "SFT Loss"). The
-seed writes the SFT weight as β; it is a separate parameter here (``sft_weight``), since β is
-already the preference temperature. The variants below keep h and change only the function of h.
+and L_SFT = −Σ_t log π_θ(y_w,t | x, y_w,<t), the NLL of the chosen completion (the DPO + NLL loss
+of Pang et al. 2024, "Iterative Reasoning Preference Optimization"). The SFT weight w
+(``sft_weight``) is a parameter of its own, separate from the preference temperature β. The
+variants below keep h and change only the function of h.
 """
 from __future__ import annotations
 
@@ -123,9 +123,9 @@ class PreferenceLoss(ABC):
 class SigmoidDPO(PreferenceLoss):
     """DPO: −log σ(β·h) on the policy/reference log-ratio margin h (Rafailov et al. 2023).
 
-    Seed 002 "Preference Loss": L = −log σ(β log π(y_w)/π_ref(y_w) − β log π(y_l)/π_ref(y_l)).
+    DPO, Rafailov et al. 2023, Eq. 7: L = −log σ(β log π(y_w)/π_ref(y_w) − β log π(y_l)/π_ref(y_l)).
     Its gradient is ∂L/∂h = −β σ(−βh), so ∇L = −β σ(−βh)·(∇log π(y_w|x) − ∇log π(y_l|x))
-    (Rafailov et al. §4, "What does the DPO update do?"). Seed 002 "Preference Gradient" writes σ(+βh) there, a typo: the
+    (Rafailov et al. §4, "What does the DPO update do?"). The factor is σ(−βh), not σ(βh): a
     pair is pushed hardest when the implicit reward ranks it wrongly (h < 0), i.e. σ(−βh) ≈ 1.
     Parameters and shapes: see ``PreferenceLoss``.
     """
@@ -140,8 +140,8 @@ class IPO(PreferenceLoss):
     Azar et al. 2023 ("A General Theoretical Paradigm to Understand Learning from Human
     Preferences", the empirical IPO loss): (h − τ⁻¹/2)² with τ = β. ``length_average``
     defaults to True, as in the reference implementations of IPO (per-token mean log-probs);
-    with summed log-probs the target 1/(2β) is on a different scale. Seed 002 "DPO Loss" for
-    the SFT term. Parameters and shapes: see ``PreferenceLoss``.
+    with summed log-probs the target 1/(2β) is on a different scale. The SFT term is that of
+    ``PreferenceLoss``. Parameters and shapes: see ``PreferenceLoss``.
     """
 
     def __init__(
@@ -162,8 +162,8 @@ class Hinge(PreferenceLoss):
 
     Zhao et al. 2023 ("SLiC-HF"), calibration loss max(0, δ − log π(y_w|x) + log π(y_l|x)) with
     the margin δ = 1 and the log-ratio scaled by β (the form of TRL's ``hinge``, 1/β the margin
-    in log-ratio units); with ``reference_free`` it is SLiC's loss on raw log-probs. Seed 002
-    "DPO Loss" for the SFT term. Parameters and shapes: see ``PreferenceLoss``.
+    in log-ratio units); with ``reference_free`` it is SLiC's loss on raw log-probs. The SFT
+    term is that of ``PreferenceLoss``. Parameters and shapes: see ``PreferenceLoss``.
     """
 
     def preference(self, h: Tensor) -> Tensor:
@@ -190,7 +190,7 @@ class _NoisyLabelLoss(PreferenceLoss):
 class ConservativeDPO(_NoisyLabelLoss):
     """Conservative DPO (cDPO): −(1−ε)·log σ(βh) − ε·log σ(−βh), DPO with label smoothing ε.
 
-    The DPO loss (seed 002 "Preference Loss") against soft labels: each pair's preference is
+    The DPO loss (Rafailov et al. 2023, Eq. 7) against soft labels: each pair's preference is
     taken as right with probability 1−ε (Mitchell 2023, "A note on DPO with noisy preferences";
     TRL's ``sigmoid`` loss with ``label_smoothing``). ε = 0 is DPO. The minimiser keeps a finite
     margin, σ(βh) = 1−ε, instead of pushing h to ∞. Parameters and shapes: see ``PreferenceLoss``;
@@ -206,7 +206,7 @@ class RobustDPO(_NoisyLabelLoss):
     """Robust DPO (rDPO): ((1−ε)·ℓ(h) − ε·ℓ(−h)) / (1−2ε) with ℓ(h) = −log σ(βh) (Chowdhury et al. 2024).
 
     Chowdhury et al. 2024 ("Provably Robust DPO for Aligning Language Models"): an unbiased estimate of the clean DPO
-    loss (seed 002 "Preference Loss") when each label is flipped with known probability ε.
+    loss (Rafailov et al. 2023, Eq. 7) when each label is flipped with known probability ε.
     ε = 0 is DPO. TRL calls this loss ``robust``; here ``robust`` is the conservative form
     (``ConservativeDPO``) and this one is ``rdpo``. Parameters and shapes: see
     ``PreferenceLoss``; ``label_smoothing`` ε ∈ [0, 0.5).

@@ -1,4 +1,4 @@
-"""GAE: generalized advantage estimation with a critic (seed 003 §3.1, DAPO Eq. (2)/(3))."""
+"""GAE: generalized advantage estimation with a critic (Schulman et al. 2016; DAPO Eq. 2/3)."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -20,7 +20,7 @@ from rlloom.algos.returns import (
 class GAEAdvantage:
     """Generalized advantage estimation Â_t = Σ_l (γλ)^l δ_{t+l} with a critic (PPO).
 
-    Seed 003 §3.1, DAPO Eq. (2)/(3):
+    GAE, Schulman et al. 2016, as written in DAPO, Yu et al. 2025, Eq. 2/3:
 
         δ_t = r_t + γ V(s_{t+1}) − V(s_t),    Â_t = Σ_{l≥0} (γλ)^l δ_{t+l}
 

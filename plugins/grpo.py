@@ -1,4 +1,4 @@
-"""GRPO: group-relative advantages (seed 003 §3.2, ProRL Eq. (2), DAPO Eq. (4)/(9); seed 004 §2.6).
+"""GRPO: group-relative advantages (Shao et al. 2024, DeepSeekMath; ProRL Eq. 2, DAPO Eq. 4/9).
 
 G completions answer one prompt; each completion's sequence reward is compared with its
 group's, and the result is given to every token of the completion.
@@ -24,7 +24,8 @@ from rlloom.algos.returns import (
 class GRPOAdvantage:
     """Group-relative advantage (r − group mean) / (group std + eps), broadcast to every token.
 
-    Seed 003, ProRL Eq. (2) / DAPO Eq. (4)/(9):
+    GRPO, Shao et al. 2024 (DeepSeekMath); ProRL, Liu et al. 2025, Eq. 2; DAPO, Yu et al. 2025,
+    Eq. 4/9:
 
         Â_{i,t} = (R_i − mean({R_j}_{j∈G(i)})) / (std({R_j}_{j∈G(i)}) + eps)
 
@@ -33,8 +34,8 @@ class GRPOAdvantage:
 
     Variant chosen: the std is the unbiased (Bessel-corrected, ``torch.std`` default) sample std,
     as GRPO implementations compute it. ``scale``: ``group`` divides by the group's std, ``batch``
-    by the std of all rewards of the batch, ``none`` does not divide (Dr.GRPO; seed 004 §2.6
-    writes A = r − mean(r_1..r_G)). ``leave_one_out`` replaces the group mean by the mean of the
+    by the std of all rewards of the batch, ``none`` does not divide (Dr. GRPO, Liu et al.
+    2025: A = r − mean(r_1..r_G)). ``leave_one_out`` replaces the group mean by the mean of the
     other G−1 completions (the RLOO baseline). ``clip`` clips advantages to [−clip, clip].
 
     Groups must be whole within the batch; with ``scale="group"`` or ``leave_one_out`` a group
@@ -69,10 +70,11 @@ class GRPOAdvantage:
 
 
 class GroupMeanAdvantage(GRPOAdvantage):
-    """Group-mean baseline r − mean(group), not divided by the std (seed 004 §2.6; Dr.GRPO).
+    """Group-mean baseline r − mean(group), not divided by the std (Dr. GRPO).
 
-    Seed 004 §2.6: A_i = r_i − mean(r_1, ..., r_G), broadcast to every token of completion i;
-    identical to ``grpo`` with ``scale: none``. Shapes and metrics as in ``grpo``.
+    Dr. GRPO, Liu et al. 2025 (Understanding R1-Zero-like training): A_i = r_i − mean(r_1, ...,
+    r_G), broadcast to every token of completion i; identical to ``grpo`` with ``scale: none``.
+    Shapes and metrics as in ``grpo``.
     """
 
     def __init__(self, clip: float | None = None):

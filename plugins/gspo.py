@@ -5,8 +5,8 @@ the length-normalised likelihood ratio
 
     s_i(θ) = (π_θ(y_i | x) / π_old(y_i | x))^{1/|y_i|} = exp((1/|y_i|) Σ_t log r_{i,t}),
 
-with r_{i,t} the token ratio of seed 003, DAPO Eq. (6), taken in log space as in seed 004 §2.6,
-and the objective is the PPO/GRPO surrogate (seed 003, ProRL Eq. (1) / DAPO Eq. (5)) at
+with r_{i,t} the token ratio (DAPO, Yu et al. 2025, Eq. 6) taken in log space, and the
+objective is the GRPO clipped surrogate (ProRL, Liu et al. 2025, Eq. 1; DAPO Eq. 5) at
 sequence level:
 
     J_GSPO(θ) = E[(1/G) Σ_i min(s_i A_i, clip(s_i, 1 − ε_low, 1 + ε_high) A_i)].
@@ -28,23 +28,17 @@ from rlloom.algos.ratio import check_positive, clipped_surrogate, log_ratio, zer
 class GSPO:
     """GSPO sequence-ratio clipped loss −min(s·A, clip(s, 1−ε_low, 1+ε_high)·A), per token.
 
-    Zheng et al. 2025, "Group Sequence Policy Optimization", in its GSPO-token form: every
-    token of sequence i carries
+    Zheng et al. 2025, "Group Sequence Policy Optimization", GSPO-token form: token t of
+    sequence i carries s_{i,t} = sg[s_i]·π_θ(y_{i,t})/sg[π_θ(y_{i,t})] (value s_i, gradient
+    s_i ∇log π_θ(y_{i,t})), with s_i = exp(mean_t(log π_θ − log π_old)), and
 
-        s_{i,t} = sg[s_i] · π_θ(y_{i,t}) / sg[π_θ(y_{i,t})],   s_i = exp(mean_t(log π_θ − log π_old)),
+        loss_{i,t} = −min(s_{i,t} A_i, clip(s_{i,t}, 1 − ε_low, 1 + ε_high) A_i),
 
-    whose value is s_i and whose gradient is s_i ∇log π_θ(y_{i,t}), and the loss
-
-        loss_{i,t} = −min(s_{i,t} A_i, clip(s_{i,t}, 1 − ε_low, 1 + ε_high) A_i).
-
-    A_i is the masked mean of ``batch.advantages`` over the sequence's tokens (GRPO-type
-    advantages are constant per sequence, so this is that constant). Averaged per sequence
-    (``seq_mean_token_mean``) the value and the gradient equal those of the sequence-level
-    J_GSPO: (1/|y_i|) Σ_t s_i ∇log π_t = ∇s_i. Under ``token_mean`` longer sequences weigh more.
-
-    Parameters: ``eps_low`` / ``eps_high`` the clip range; the paper's values are 3e-4 and
-    4e-4 (a sequence ratio is a geometric mean of token ratios, so it stays far closer to 1
-    than a token ratio).
+    A_i the masked mean of ``batch.advantages`` over the sequence (the constant of GRPO-type
+    advantages). Under ``seq_mean_token_mean`` this has the value and gradient of the
+    sequence-level J_GSPO; under ``token_mean`` longer sequences weigh more. ``eps_low`` /
+    ``eps_high`` default to the paper's 3e-4 / 4e-4: a sequence ratio is a geometric mean of
+    token ratios, so it stays far closer to 1 than a token ratio.
 
     Shapes: ``logprobs`` [B,T], ``batch.advantages`` [B,T] → ``loss`` [B,T], 0 on padding.
     Metrics: ``clip/low_frac``, ``clip/high_frac``, ``clip/frac`` and ``ratio/mean|min|max``

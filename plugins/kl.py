@@ -1,22 +1,22 @@
 """KL estimators between the policy and the reference, and the KL coefficient β.
 
-The regularised objective is J(θ) = E[R] − β·KL[π_θ ‖ π_ref] (seed 003, VinePPO Eq. (1),
-ProRL Eq. (4)). The engine only has tokens sampled from π_θ, so KL is estimated per token
-from the two log-probs of the sampled token (Schulman 2020, "Approximating the KL
-divergence"), or computed exactly from the full distributions:
+The regularised objective is J(θ) = E[R] − β·KL[π_θ ‖ π_ref] (VinePPO, Kazemnejad et al. 2024,
+Eq. 1; ProRL, Liu et al. 2025, Eq. 4). The engine only has tokens sampled from π_θ, so KL is
+estimated per token from the two log-probs of the sampled token (Schulman 2020,
+"Approximating the KL divergence"), or computed exactly from the full distributions:
 
-- ``k1``: log π_θ − log π_ref, unbiased, can be negative (seed 004 §2.6 GRPO, "one-sample
-  Monte-Carlo using ln π_θ/π_ref").
+- ``k1``: log π_θ − log π_ref, unbiased, can be negative (the one-sample Monte Carlo
+  estimate of E_{π_θ}[log π_θ/π_ref]).
 - ``k2``: ½(log π_θ − log π_ref)², biased, ≥ 0, low variance.
-- ``k3``: r − log r − 1, unbiased and ≥ 0 (seed 003, VinePPO Eq. (10); seed 000 "Schulman
-  Approximation" for the other direction).
+- ``k3``: r − log r − 1, unbiased and ≥ 0 (VinePPO, Kazemnejad et al. 2024, Eq. 10; the KL
+  estimator of GRPO, Shao et al. 2024; r may be taken in either direction).
 - ``exact``: Σ_v π_θ(v)(log π_θ(v) − log π_ref(v)) over the vocabulary, from logits.
 
 Every estimator maps [B,T] log-probs to a [B,T] estimate in (at least) float32. At padding
 positions both log-probs are 0 by convention, and every sampled estimator is then 0; the
 engine masks and aggregates the result.
 
-``FixedKLController`` / ``AdaptiveKLController`` hold β; the engine updates them once per step.
+The coefficient β and its control live with the engine (``rlloom.kl_control``).
 """
 from __future__ import annotations
 
@@ -76,9 +76,9 @@ class _LogRatioKL:
 class K1(_LogRatioKL):
     """k1 = log π_θ − log π_ref per token: unbiased, can be negative (Schulman 2020).
 
-    Seed 004 §2.6 (GRPO): KL(π_θ ‖ π_ref) = E_{o∼π_θ}[ln π_θ/π_ref], "approximated by
-    one-sample Monte-Carlo". Under samples o ∼ π_θ, E[k1] = KL(π_θ ‖ π_ref) exactly, but a
-    single sample is negative whenever π_ref(o) > π_θ(o), so its variance is high.
+    KL(π_θ ‖ π_ref) = E_{o∼π_θ}[log π_θ(o)/π_ref(o)] estimated from one sample (the k1 of
+    Schulman 2020, "Approximating KL divergence"). Under samples o ∼ π_θ, E[k1] = KL(π_θ ‖ π_ref)
+    exactly, but a single sample is negative whenever π_ref(o) > π_θ(o), so its variance is high.
 
     Shapes: ``logprobs``, ``ref_logprobs`` [B,T] → [B,T] (float32 or wider).
     ``clamp``: clamp the log-ratio to [−clamp, clamp] (stability against outlier tokens).
@@ -114,26 +114,19 @@ class K2(_LogRatioKL):
 class K3:
     """k3 = r − log r − 1 per token: unbiased and ≥ 0 (Schulman 2020; VinePPO Eq. 10).
 
-    ``direction="ref_over_policy"`` (default): r = π_ref/π_θ, the form of seed 003, VinePPO
-    Eq. (10) (with ProRL Eq. (4)); the "low-variance KL" of GRPO/verl. Under o ∼ π_θ,
-    E[r] = 1, so E[k3] = E[−log r] = KL(π_θ ‖ π_ref).
-
-    ``direction="policy_over_ref"``: r = π_θ/π_ref, the form of seed 000 "Schulman
-    Approximation" (π_θ/π_old there). It is unbiased for the KL taken under samples of its
-    second argument: with o ∼ π_ref, E[k3] = KL(π_ref ‖ π_θ). Under o ∼ π_θ it is still ≥ 0 but
-    estimates E_π_θ[π_θ/π_ref] − 1 − KL(π_θ ‖ π_ref) instead.
-
-    Both are computed from the log-ratio in float32 (or wider): log r = ±(log π_θ − log π_ref),
-    k3 = exp(log r) − log r − 1, which is ≥ 0 because eˣ ≥ 1 + x.
+    k3 estimator, Schulman 2020, "Approximating KL divergence"; VinePPO, Kazemnejad et al. 2024,
+    Eq. 10; the KL estimator of GRPO, Shao et al. 2024 (DeepSeekMath), and verl's "low_var_kl".
+    ``direction="ref_over_policy"`` (default, the papers' form): r = π_ref/π_θ, unbiased for
+    KL(π_θ ‖ π_ref) under o ∼ π_θ. ``direction="policy_over_ref"``: r = π_θ/π_ref, unbiased for
+    KL(π_ref ‖ π_θ) only under o ∼ π_ref (under o ∼ π_θ it is ≥ 0 but biased). Computed as
+    expm1(log r) − log r with log r = ±(log π_θ − log π_ref) in float32 (or wider).
 
     Shapes: ``logprobs``, ``ref_logprobs`` [B,T] → [B,T].
     ``clamp``: clamp the log-ratio to [−clamp, clamp] before exponentiating (input clamping).
     ``clamp_output``: clamp the estimate to [−c, c] (verl's low-variance KL uses c = 10).
 
-    Gradient when used as a loss: ref_over_policy gives ∇k3 = (1 − π_ref/π_θ)·∇log π_θ, whose
-    expectation under π_θ is −Σ_o π_ref(o)∇log π_θ(o) = ∇KL(π_ref ‖ π_θ), the forward KL's
-    gradient; policy_over_ref gives ∇k3 = (π_θ/π_ref − 1)·∇log π_θ. The two agree with ∇k2 to
-    first order in log r.
+    Used as a loss, ref_over_policy's expected gradient under π_θ is ∇KL(π_ref ‖ π_θ), the
+    forward KL's, not the reverse KL's that k2 gives (derivation in tests/plugins/test_kl.py).
     """
 
     needs_logits: ClassVar[bool] = False
@@ -172,8 +165,8 @@ class K3:
 class ExactKL:
     """Exact per-position KL(π_θ ‖ π_ref) = Σ_v π_θ(v)(log π_θ(v) − log π_ref(v)) from logits.
 
-    Seed 002 "KL Divergence Loss" L_KL = D_KL(π_θ ‖ π_ref), summed over the whole vocabulary at
-    each position instead of estimated from the sampled token, so it has no sampling variance.
+    The KL loss L_KL = D_KL(π_θ ‖ π_ref), summed over the whole vocabulary at each position
+    instead of estimated from the sampled token, so it has no sampling variance.
     ``logits``, ``ref_logits`` [B,T,V] → [B,T] float32 (float64 for float64 input),
     computed ``chunk_size`` rows at a time so no float32 copy of the whole [B,T,V] exists.
     The sampled log-probs are not used.
@@ -203,66 +196,6 @@ class ExactKL:
         if not out:
             return logits.new_zeros(logits.shape[:-1], dtype=torch.promote_types(logits.dtype, torch.float32))
         return torch.cat(out)
-
-
-class FixedKLController:
-    """A constant KL coefficient β."""
-
-    def __init__(self, coef: float):
-        if coef < 0:
-            raise ValueError(f"the KL coefficient must be >= 0, got {coef}")
-        self.coef = float(coef)
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        """β stays fixed."""
-
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.coef = float(state["coef"])
-
-
-class AdaptiveKLController:
-    """β adapted toward a target KL (Ziegler et al. 2019, "Fine-Tuning Language Models from
-    Human Preferences", §2.2).
-
-    After each step with measured KL ``current_kl`` over ``n_steps`` steps (or samples, as the
-    caller counts ``horizon``):
-        e = clip(current_kl / target − 1, −0.2, 0.2),   β ← β·(1 + e·n_steps / horizon).
-    β rises while the KL is above ``target`` and falls while it is below, at most 20 % per
-    ``horizon``.
-    """
-
-    def __init__(self, init_coef: float, target: float, horizon: int):
-        if init_coef < 0:
-            raise ValueError(f"the initial KL coefficient must be >= 0, got {init_coef}")
-        if not target > 0:
-            raise ValueError(f"the KL target must be > 0, got {target}")
-        if not horizon > 0:
-            raise ValueError(f"the KL horizon must be > 0, got {horizon}")
-        self.coef = float(init_coef)
-        self.target = float(target)
-        self.horizon = horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.coef *= 1.0 + error * n_steps / self.horizon
-
-    def state_dict(self) -> dict[str, float]:
-        return {"coef": self.coef}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.coef = float(state["coef"])
-
-
-def make_kl_controller(
-    coef: float, target: float | None = None, horizon: int = 10000
-) -> FixedKLController | AdaptiveKLController:
-    """A fixed β = ``coef`` when ``target`` is None, else one adapting from ``coef`` toward it."""
-    if target is None:
-        return FixedKLController(coef)
-    return AdaptiveKLController(coef, target, horizon)
 
 
 @hookimpl

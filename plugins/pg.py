@@ -1,9 +1,9 @@
 """Vanilla policy gradient: the REINFORCE loss −A·log π per token.
 
 The policy-gradient theorem gives g_pg = E_τ[Σ_t ∇_θ log π_θ(a_t | s_t) · A(s_t, a_t)]
-(seed 003, VinePPO Eq. (2)); REINFORCE uses the return-to-go G_t in place of A and
-REINFORCE with baseline G_t − V(s_t) (seed 004 §2.1, §2.3). The advantage estimator decides
-which of these A is; this loss only turns it into a gradient.
+(Sutton et al. 2000; VinePPO, Kazemnejad et al. 2024, Eq. 2); REINFORCE (Williams 1992) uses
+the return-to-go G_t in place of A, and REINFORCE with baseline G_t − V(s_t). The advantage
+estimator decides which of these A is; this loss only turns it into a gradient.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from rlloom.algos.ratio import log_ratio, ratio_metrics, zero_padding
 class PolicyGradient:
     """Vanilla policy gradient −A·log π per token (REINFORCE, no ratio, no clip).
 
-    Seed 003, VinePPO Eq. (2); seed 004 §2.1 (REINFORCE). Per token
+    VinePPO, Kazemnejad et al. 2024, Eq. 2; REINFORCE, Williams 1992. Per token
 
         loss_{i,t} = −A_{i,t} · log π_θ(o_{i,t} | q, o_{i,<t}),   ∇loss = −A_{i,t} ∇log π_θ,
 

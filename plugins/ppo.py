@@ -1,17 +1,17 @@
 """PPO: the clipped surrogate policy loss and the critic's value losses.
 
-Policy (seed 002 "Policy Loss"; seed 003, DAPO Eq. (1); seed 004 §2.5):
+Policy (PPO, Schulman et al. 2017, Eq. 7; written as in DAPO, Yu et al. 2025, Eq. 1):
 
     L(θ) = −E[min(r_t A_t, clip(r_t, 1 − ε, 1 + ε) A_t)],   r_t = π_θ / π_old.
 
-The clip range may be asymmetric, [1 − ε_low, 1 + ε_high] (seed 003, DAPO Eq. (10), ProRL
-Eq. (3): "clip-higher" lets good tokens rise further than bad ones fall, against entropy
+The clip range may be asymmetric, [1 − ε_low, 1 + ε_high] (DAPO Eq. 10; ProRL, Liu et al. 2025,
+Eq. 3: "clip-higher" lets good tokens rise further than bad ones fall, against entropy
 collapse); the DAPO and ProRL presets configure ``ppo_clip`` with ``eps_low``/``eps_high``.
 Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL") bounds the
 unclipped branch for A < 0, where a large ratio would otherwise give an unbounded loss.
 
-Value (seed 002 "Value Loss"; seed 003, VinePPO Eq. (4)): ½(V − G)², optionally with the value
-moved at most ε' from the rollout-time value, the PPO value clipping.
+Value (the critic regression of PPO; VinePPO, Kazemnejad et al. 2024, Eq. 4): ½(V − G)²,
+optionally with the value moved at most ε' from the rollout-time value, the PPO value clipping.
 """
 from __future__ import annotations
 
@@ -30,16 +30,14 @@ from rlloom.algos.ratio import check_positive, clipped_surrogate, log_ratio, zer
 class PPOClip:
     """PPO clipped surrogate −min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) per token, optional dual clip.
 
-    Seed 002 "Policy Loss"; seed 003, DAPO Eq. (1) (symmetric ε) and Eq. (10) / ProRL Eq. (3)
-    (decoupled ε_low, ε_high). Per token, with r = exp(log π_θ − log π_old):
+    PPO, Schulman et al. 2017, Eq. 7 (symmetric ε; DAPO, Yu et al. 2025, Eq. 1), with the
+    decoupled ε_low, ε_high of DAPO Eq. 10 / ProRL, Liu et al. 2025, Eq. 3. Per token, with
+    r = exp(log π_θ − log π_old):
 
         loss = −min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A)
 
-    and with ``dual_clip`` = c > 1 (Ye et al. 2020), for A < 0 only:
-
-        loss = min(−min(r·A, clip(r)·A), −c·A),
-
-    i.e. the objective max(min(r·A, clip(r)·A), c·A): a token with A < 0 whose ratio exceeds c
+    and with ``dual_clip`` = c > 1 (Ye et al. 2020), for A < 0 only,
+    loss = min(−min(r·A, clip(r)·A), −c·A): a token with A < 0 whose ratio exceeds c
     contributes the constant −c·A and no gradient.
 
     Parameters: ``eps`` the symmetric clip range; ``eps_low`` / ``eps_high`` override its
@@ -94,8 +92,8 @@ def _value_metrics(values: Tensor, error: Tensor, mask: Tensor) -> dict[str, Ten
 class MSEValueLoss:
     """Critic regression ½(V − G)² per token towards the returns.
 
-    Seed 002 "Value Loss": L_value = E[½(V_θ(s) − V_target(s))²], whose gradient is
-    (V_θ − V_target)∇V_θ (seed 002 "Value Gradient"). V_target is ``batch.returns``, the
+    L_value = E[½(V_θ(s) − V_target(s))²], the critic loss of PPO (Schulman et al. 2017), whose
+    gradient is (V_θ − V_target)∇V_θ. V_target is ``batch.returns``, the
     value targets of the advantage estimator (GAE returns, return-to-go, Monte Carlo values).
 
     Shapes: ``values`` [B,T], ``batch.returns`` [B,T] → ``loss`` [B,T], 0 on padding; the
@@ -113,7 +111,7 @@ class MSEValueLoss:
 class ClippedMSEValueLoss:
     """Clipped critic regression ½·max((V−G)², (clip(V, V_old−ε, V_old+ε) − G)²) per token.
 
-    Seed 003, VinePPO Eq. (4) (PPO value clipping):
+    VinePPO, Kazemnejad et al. 2024, Eq. 4 (PPO value clipping):
 
         L_V = E_τ[(1/2T) Σ_t max(‖V_φ(s_t) − G_t‖²,
                                  ‖clip(V_φ(s_t), V_φk(s_t) − ε', V_φk(s_t) + ε') − G_t‖²)]

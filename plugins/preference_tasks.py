@@ -1,8 +1,8 @@
 """Preference tasks: (prompt, chosen, rejected) pairs for the DPO family.
 
 A preference task's ``load(split)`` returns a ``datasets.Dataset`` with text columns ``prompt``,
-``chosen`` and ``rejected`` (the preferred and the dispreferred completion of the prompt, seed
-002 "Preference Loss": y_w and y_l), and optionally ``answer`` for the verifiable rewards that
+``chosen`` and ``rejected`` (the preferred and the dispreferred completion of the prompt, y_w
+and y_l of DPO, Rafailov et al. 2023), and optionally ``answer`` for the verifiable rewards that
 score the held-out evaluation by generation.
 
 - ``arithmetic_pairs``: the builtin arithmetic task with its gold answer chosen and a seeded

@@ -1,7 +1,7 @@
 """REINFORCE advantages: return-to-go, with a learned baseline, and REINFORCE++.
 
-Seed 004 §2.1 (REINFORCE, return-to-go G_t), §2.3 (REINFORCE with baseline, A_t = G_t − V(s_t));
-REINFORCE++ (Hu 2025: group-mean baseline, then batch whitening).
+REINFORCE (Williams 1992; return-to-go G_t), REINFORCE with baseline (A_t = G_t − V(s_t);
+Sutton & Barto 2018, §13.4); REINFORCE++ (Hu 2025: group-mean baseline, then batch whitening).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from rlloom.algos.returns import (
 class ReinforceAdvantage:
     """Return-to-go G_t = Σ_{k≥t} γ^{k−t} r_k as the advantage of token t (REINFORCE).
 
-    Seed 004 §2.1: ∇J = E[Σ_t ∇ log π(a_t|s_t) G_t], G_t = Σ_{k=t}^{T} γ^{k−t} r_k.
+    REINFORCE, Williams 1992: ∇J = E[Σ_t ∇ log π(a_t|s_t) G_t], G_t = Σ_{k=t}^{T} γ^{k−t} r_k.
 
     Per-token rewards r_t [B,T]: ``batch.token_rewards`` when set, plus ``batch.rewards`` [B] on
     the last real token. Output: ``advantages`` = ``returns`` = G_t [B,T], 0 on padding.
@@ -47,7 +47,8 @@ class ReinforceAdvantage:
 class ReinforceBaselineAdvantage:
     """Return-to-go minus the critic's value, A_t = G_t − V(s_t) (REINFORCE with baseline).
 
-    Seed 004 §2.3: A_t = G_t − V_φ(s_t), G_t = Σ_{k≥t} γ^{k−t} r_k; the critic regresses on G_t.
+    REINFORCE with baseline (Williams 1992; Sutton & Barto 2018, §13.4): A_t = G_t − V_φ(s_t),
+    G_t = Σ_{k≥t} γ^{k−t} r_k; the critic regresses on G_t.
 
     Inputs: per-token rewards as in ``reinforce``; ``batch.values`` [B,T], V(s_t) of the state
     before token t. Output: ``advantages`` [B,T] and ``returns`` = G_t [B,T] (the critic's
@@ -70,7 +71,7 @@ class ReinforceBaselineAdvantage:
 class ReinforcePPAdvantage:
     """REINFORCE++ with group baseline: whiten over the batch's tokens of G_t − group mean of R.
 
-    REINFORCE++ (Hu 2025), baseline in the sense of seed 004 §2.2; G_t as in seed 004 §2.1:
+    REINFORCE++ (Hu 2025) with an action-independent group baseline; G_t as in ``reinforce``:
 
         Â_{i,t} = whiten_{(j,s) valid}( G_{j,s} − mean_{k∈G(j)} R_k )_{i,t}
 

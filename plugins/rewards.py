@@ -45,7 +45,7 @@ def _timeout() -> int | None:
 class AnswerEquivalence:
     """Rule-based outcome reward: +1 when the completion's answer is equivalent, else -1.
 
-    Seed 003 §5, DAPO Eq. (7): ``R(ŷ, y) = 1 if is_equivalent(ŷ, y) else -1`` (``correct`` and
+    DAPO, Yu et al. 2025, Eq. 7: ``R(ŷ, y) = 1 if is_equivalent(ŷ, y) else -1`` (``correct`` and
     ``incorrect`` set the two values). ``y`` is the row's ``answer_field`` column.
 
     ``is_equivalent`` is decided as follows:
@@ -94,7 +94,7 @@ class AnswerEquivalence:
 class ExactMatch:
     """1.0 when the completion equals the answer exactly, else 0.0 (both stripped when strip).
 
-    A stricter indicator for the rule-based reward of seed 003 §5 (DAPO Eq. (7)): the string
+    A stricter indicator for the rule-based reward of DAPO (Yu et al. 2025, Eq. 7): the string
     itself must match, not an equivalent form.
     """
 
@@ -111,8 +111,8 @@ class Format:
     """The reward when the whole completion matches a regex pattern, else the penalty.
 
     ``re.fullmatch`` with ``re.DOTALL`` (``.`` also matches newlines), e.g.
-    ``"<think>.*</think>\\s*<answer>.*</answer>"``. A shaping term added to the task reward
-    (seed 003 §7, step 2: "task reward plus any shaping terms").
+    ``"<think>.*</think>\\s*<answer>.*</answer>"``. A shaping term, added to the task reward
+    before advantages are computed.
     """
 
     def __init__(self, pattern: str, reward: float = 1.0, penalty: float = 0.0):
@@ -135,7 +135,7 @@ class RewardModel:
     template), scored ``batch_size`` texts at a time without gradients. Texts longer than
     ``max_length`` tokens are cut from the left, so the model sees the end of the completion.
     ``device`` defaults to CUDA when available. A learned outcome reward in place of the
-    rule of seed 003 §5 (DAPO Eq. (7)), for tasks without a verifiable answer.
+    rule-based reward of DAPO (Yu et al. 2025, Eq. 7), for tasks without a verifiable answer.
     """
 
     def __init__(

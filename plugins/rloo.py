@@ -12,7 +12,8 @@ from rlloom.algos.returns import Groups, check_clip, finish, group_relative, rea
 class RLOOAdvantage:
     """Leave-one-out baseline r_i − mean of the other G−1 rewards of the group, per token.
 
-    Ahmadian et al. 2024 ("Back to Basics"), a baseline in the sense of seed 004 §2.2–2.3:
+    RLOO, Ahmadian et al. 2024 ("Back to Basics"); an action-independent baseline as in
+    REINFORCE with baseline (Williams 1992):
 
         Â_{i,t} = R_i − (1/(G−1)) Σ_{j≠i} R_j
 

@@ -1,7 +1,7 @@
 """Learning-rate schedules: ``schedule(step, total_steps) -> multiplier`` of the base rate η0.
 
-Seed 002 "Learning Rate Scheduling" gives linear, cosine and exponential decay; each schedule
-here also takes a linear warmup. Conventions, shared by all:
+Linear, cosine and exponential decay (and a constant rate), each with an optional linear
+warmup. Conventions, shared by all:
 
 - ``step`` counts optimizer steps already taken (0 for the first step), as
   ``torch.optim.lr_scheduler.LambdaLR`` passes it; the multiplier at ``step`` sets the rate
@@ -12,7 +12,7 @@ here also takes a linear warmup. Conventions, shared by all:
   it starts at 1 at the first step after warmup; linear and cosine decays clip t to T and
   reach their final value at step = total_steps, one past the last step.
 - ``min_ratio`` m rescales a decay shape f(t) ∈ [0, 1] to m + (1 − m)·f(t): the rate never
-  falls below m·η0 and reaches it at t = T (m = 0 is the seed's equation exactly).
+  falls below m·η0 and reaches it at t = T (m = 0 is the plain decay η0·f(t)).
 """
 from __future__ import annotations
 
@@ -62,17 +62,17 @@ class Constant(_Warmup):
 
 
 class Linear(_MinRatio):
-    """η_t = η0·(1 − t/T) (seed 002 "Linear Decay"), rescaled to end at min_ratio·η0."""
+    """η_t = η0·(1 − t/T): linear decay, rescaled to end at min_ratio·η0."""
 
     def shape(self, t: int, horizon: int) -> float:
         return 1.0 - t / horizon
 
 
 class Cosine(_MinRatio):
-    """η_t = η0·cos(πt / 2T), the quarter cosine of seed 002 "Cosine Decay", ending at min_ratio·η0.
+    """η_t = η0·cos(πt / 2T): quarter-period cosine decay, ending at min_ratio·η0.
 
-    Seed 002 writes cos(πt/2T), which falls from 1 at t = 0 to 0 at t = T along a quarter
-    period (steepest at the end); ``cosine_half`` is the more common half period.
+    cos(πt/2T) falls from 1 at t = 0 to 0 at t = T along a quarter period (steepest at the
+    end); ``cosine_half`` is the more common half period.
     """
 
     def shape(self, t: int, horizon: int) -> float:
@@ -90,7 +90,7 @@ class CosineHalf(_MinRatio):
 
 
 class Exponential(_Warmup):
-    """η_t = η0·γ^t (seed 002 "Exponential Decay"), t counted from the end of warmup.
+    """η_t = η0·γ^t: exponential decay, t counted from the end of warmup.
 
     Not bounded by ``total_steps``: γ^t keeps falling past it.
     """

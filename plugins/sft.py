@@ -1,6 +1,6 @@
 """Supervised fine-tuning: the token negative log-likelihood, with label smoothing and focal weighting.
 
-Seed 002 "SFT Loss": L_SFT(θ) = −E_{(x,y)} [ Σ_t log π_θ(y_t | x, y_<t) ]. The loss here is per
+The SFT loss is L_SFT(θ) = −E_{(x,y)} [ Σ_t log π_θ(y_t | x, y_<t) ]. The loss here is per
 token; whether tokens are summed or averaged (per sequence, per batch) is the aggregation's job.
 """
 from __future__ import annotations
@@ -57,22 +57,16 @@ class NLL:
     """Token negative log-likelihood (SFT), with optional label smoothing and focal weighting.
 
     Call: ``loss(logprobs, batch, logits=None) -> LossOutput`` with ``batch`` an ``SFTBatch``,
-    ``logprobs`` [B,L] the policy's log-probs of ``batch.input_ids`` aligned by the engine
-    (``logprobs[b,t] = log π(input_ids[b,t] | input_ids[b,<t])``; position 0 predicts nothing and
-    is 0 in ``loss_mask``), and ``logits`` [B,L,V] aligned with ``logprobs`` (given only when
-    ``needs_logits``, i.e. ``label_smoothing > 0``, or for the accuracy metric). Returns the
+    ``logprobs`` [B,L] = log π(input_ids[b,t] | input_ids[b,<t]) aligned by the engine (position
+    0 predicts nothing and is 0 in ``loss_mask``), ``logits`` [B,L,V] aligned with them (given
+    only when ``needs_logits``, i.e. ``label_smoothing > 0``, or for the accuracy metric) →
     per-token loss [B,L] (0 where ``loss_mask`` is 0) with ``mask = batch.loss_mask``.
 
-    - Plain (seed 002 "SFT Loss"): ℓ_t = −log π(y_t). Its gradient is −∇ log π(y_t)
-      (seed 002 "SFT Gradients").
-    - Label smoothing ε (seed 002 "Label Smoothing"; Szegedy et al. 2016):
-      ℓ_t = −Σ_v q(v) log π(v) with q = (1−ε)·onehot(y_t) + ε/V, i.e.
-      ℓ_t = −(1−ε) log π(y_t) − ε·(1/V) Σ_v log π(v), where
-      (1/V) Σ_v log π(v) = mean_v z_v − logsumexp(z) is taken from the logits in float32,
-      chunked, without a [B,L,V] log-softmax.
-    - Focal (seed 002 "Focal Loss"; Lin et al. 2017): ℓ_t = −α (1−p_t)^γ log p_t with
-      p_t = π(y_t). With label smoothing the focal weight α (1−p_t)^γ multiplies the smoothed
-      cross-entropy. The weight is part of the loss (not detached), as in Lin et al.
+    - Plain: ℓ_t = −log π(y_t), whose gradient is −∇log π(y_t).
+    - Label smoothing ε (Szegedy et al. 2016): ℓ_t = −Σ_v q(v) log π(v), q = (1−ε)·onehot(y_t)
+      + ε/V, evaluated from the logits in float32, chunked, with no [B,L,V] log-softmax.
+    - Focal (Lin et al. 2017): ℓ_t = −α (1−p_t)^γ log p_t, p_t = π(y_t); with label smoothing
+      the weight α (1−p_t)^γ multiplies the smoothed loss; it is not detached, as in Lin et al.
 
     ``label_smoothing`` ε ∈ [0, 1), ``focal_gamma`` γ ≥ 0, ``focal_alpha`` α > 0; γ = 0, α = 1
     is the plain NLL. Metrics: ``sft/nll`` (the plain NLL's mean over loss tokens, whatever

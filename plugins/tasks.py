@@ -1,14 +1,14 @@
 """Tasks: where prompts, answers and gold completions come from.
 
 A task's ``load(split)`` returns a ``datasets.Dataset`` for ``split`` ``"train"`` or ``"test"``
-with a ``prompt`` column (text), an ``answer`` column (text) for the verifiable rewards (seed
-003 §5, DAPO Eq. (7): the reward compares the completion's answer with ``answer``), and a
+with a ``prompt`` column (text), an ``answer`` column (text) for the verifiable rewards (DAPO,
+Yu et al. 2025, Eq. 7: the reward compares the completion's answer with ``answer``), and a
 ``completion`` column (the gold completion, for an SFT warm start) where the task has one.
 Every other column travels with each row to the reward functions.
 
 - ``arithmetic``: procedurally generated integer arithmetic for a character-level policy;
   its multi-step variant writes one reduction per line, the reasoning steps VinePPO's Monte
-  Carlo values are estimated at (seed 003 §3.3, VinePPO Eq. (5)-(7)).
+  Carlo values are estimated at (VinePPO, Kazemnejad et al. 2024, Eq. 5–7).
 - ``dataset``: any local JSONL / JSON / Parquet / CSV file or directory, a dataset saved with
   ``save_to_disk``, or a ``datasets`` dataset name, with its fields renamed to the above.
 """

@@ -1,9 +1,9 @@
 """TRPO: the importance-weighted surrogate of Trust Region Policy Optimization.
 
-Seed 004 §2.4: maximise L_TRPO(θ) = E_{s,a∼π_old}[π_θ(a|s)/π_old(a|s) · A^{π_old}(s, a)]
-subject to KL(π_old ‖ π_θ) ≤ δ. The surrogate is this module's policy loss; the constrained
-step (conjugate gradient on Fisher-vector products, line search under the KL bound, seed 004
-§2.4.2) belongs to the optimizer step, not to the loss.
+TRPO, Schulman et al. 2015: maximise
+L_TRPO(θ) = E_{s,a∼π_old}[π_θ(a|s)/π_old(a|s) · A^{π_old}(s, a)] subject to KL(π_old ‖ π_θ) ≤ δ. The surrogate is this module's policy loss; the constrained
+step (conjugate gradient on Fisher-vector products, line search under the KL bound) belongs
+to the optimizer step, not to the loss.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from rlloom.algos.ratio import log_ratio, ratio_metrics, zero_padding
 class TRPOSurrogate:
     """TRPO surrogate −(π/π_old)·A per token, unclipped; the KL constraint is the optimizer's.
 
-    Seed 004 §2.4.2: L(θ) = π_θ(a|s)/π_old(a|s) · A^{π_old}(s, a). Per token, with
-    r = exp(log π_θ − log π_old) (seed 003, DAPO Eq. (6); log space as in seed 004 §2.6):
+    TRPO, Schulman et al. 2015: L(θ) = π_θ(a|s)/π_old(a|s) · A^{π_old}(s, a). Per token, with
+    r = exp(log π_θ − log π_old) (the token ratio of DAPO, Yu et al. 2025, Eq. 6, in log space):
 
         loss_{i,t} = −r_{i,t} · A_{i,t},   ∇loss_{i,t} = −r_{i,t} · A_{i,t} · ∇log π_θ.
 
-    At θ = θ_old (r = 1) the gradient is the policy gradient −A·∇log π (seed 003, VinePPO
-    Eq. (2)).
+    At θ = θ_old (r = 1) the gradient is the policy gradient −A·∇log π (VinePPO, Kazemnejad
+    et al. 2024, Eq. 2).
 
     Shapes: ``logprobs`` [B,T], ``batch.advantages`` [B,T] (``batch.old_logprobs`` [B,T] when
     off-policy) → ``loss`` [B,T], 0 on padding. Metrics: ``ratio/mean|min|max`` and

@@ -1,6 +1,7 @@
 """VinePPO: Monte Carlo value estimates per reasoning step, and k-step truncated returns.
 
-Seed 003 §3.3 (VinePPO Appendix Eq. (5)–(7)) and §3.4 (VinePPO Eq. (17)).
+Kazemnejad et al. 2024, arXiv:2410.01679: Monte Carlo advantages (VinePPO Eq. 5–7) and
+k-step truncated returns (VinePPO Eq. 17).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from rlloom.algos.returns import (
 class VinePPOAdvantage:
     """Monte Carlo step advantages r_k + γV̂(s_{k+1}) − V̂(s_k), given to every token of step k.
 
-    Seed 003 §3.3, VinePPO Eq. (5)–(7):
+    VinePPO, Kazemnejad et al. 2024, Eq. 5–7:
 
         V̂_MC(s) = (1/K) Σ_{k=1}^{K} R(η_k),   Â_MC(s_k, a_k) = r_k + γ V̂_MC(s_{k+1}) − V̂_MC(s_k),
         r_k = R(x; y) on the last step, 0 otherwise.
@@ -75,7 +76,7 @@ class VinePPOAdvantage:
 class KStepAdvantage:
     """k-step truncated return minus the critic's value, Σ_{l<k} γ^l r_{t+l} + γ^k V(s_{t+k}) − V(s_t).
 
-    Seed 003 §3.4, VinePPO Eq. (17):
+    VinePPO, Kazemnejad et al. 2024, Eq. 17:
 
         Â^(k)_t = Σ_{l=0}^{k−1} γ^l δ_{t+l} = Σ_{l=0}^{k−1} γ^l r_{t+l} + γ^k V(s_{t+k}) − V(s_t)
 

@@ -18,9 +18,9 @@ from rlloom.kinds import AdvantageOutput
 class MedianBaseline:
     """Group-median baseline: A_i = r_i − median(r_group), broadcast to tokens.
 
-    Like GRPO's group-mean centring (seed 004 §2.6) with the median as the baseline, so one
-    outlier reward in a group does not shift every other member's advantage. For an even
-    group size the median is the mean of the two middle rewards. Shapes: rewards [B],
+    Like GRPO's group-mean centring (Shao et al. 2024, DeepSeekMath) with the median as the
+    baseline, so one outlier reward in a group does not shift every other member's advantage.
+    For an even group size the median is the mean of the two middle rewards. Shapes: rewards [B],
     group_ids [B], mask [B,T] → advantages [B,T] (0 on padding).
     """
 

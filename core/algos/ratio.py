@@ -1,11 +1,11 @@
 """Importance ratios in log space and the metrics every ratio-based policy loss reports.
 
-The ratio of the current to the old policy on a sampled token (seed 003, DAPO Eq. (6)),
+The ratio of the current to the old policy on a sampled token (DAPO, Yu et al. 2025, Eq. 6),
 
     r_{i,t} = π_θ(o_{i,t} | q, o_{i,<t}) / π_old(o_{i,t} | q, o_{i,<t}),
 
-is computed in log space, r = exp(log π_θ − log π_old), "for numerical stability" (seed 004
-§2.6). The log-ratio is clamped to ±``LOG_RATIO_LIMIT`` before ``exp``: e^20 ≈ 4.9e8 is finite
+is computed in log space, r = exp(log π_θ − log π_old), for numerical stability. The
+log-ratio is clamped to ±``LOG_RATIO_LIMIT`` before ``exp``: e^20 ≈ 4.9e8 is finite
 in float32 and bfloat16, so one outlier token cannot turn the loss into inf/NaN; a clamped token
 gets no gradient through the ratio (at that distance from the old policy a clipped loss
 gives it none anyway, except the unclipped A<0 branch, which ``dual_clip`` bounds).
@@ -59,10 +59,10 @@ def ratio_metrics(ratio: Tensor, token_log_ratio: Tensor, mask: Tensor) -> dict[
     """``ratio/mean``, ``ratio/min``, ``ratio/max`` of ``ratio`` [B,T] over valid tokens, and
     ``kl/old_approx``, the mean over valid tokens of r − 1 − log r with r the token ratio.
 
-    ``kl/old_approx`` is Schulman's non-negative estimator (seed 000 "Schulman Approximation"):
-    under tokens sampled from π_old, E[r − 1 − log r] = KL(π_old ‖ π_θ). ``ratio`` is the ratio
-    the loss uses (the sequence ratio broadcast to tokens for GSPO); the KL always uses the
-    token log-ratio. With no valid token, min and max are 1 (the ratio on padding).
+    ``kl/old_approx`` is the non-negative k3 estimator (Schulman 2020, "Approximating KL
+    divergence"): under tokens sampled from π_old, E[r − 1 − log r] = KL(π_old ‖ π_θ).
+    ``ratio`` is the ratio the loss uses (the sequence ratio broadcast to tokens for GSPO); the
+    KL always uses the token log-ratio. With no valid token, min and max are 1 (the ratio on padding).
     """
     valid = mask.bool()
     weights = mask.to(ratio.dtype)
@@ -96,9 +96,9 @@ def clip_metrics(low: Tensor, high: Tensor, mask: Tensor) -> dict[str, Tensor]:
 def clipped_surrogate(
     ratio: Tensor, adv: Tensor, eps_low: float, eps_high: float, token_log_ratio: Tensor, mask: Tensor
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """−min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) per token [B,T] (seed 003, DAPO Eq. 1/10) and
-    its ratio and clip metrics; the clip binds low where A < 0 and r < 1−ε_low, high where
-    A > 0 and r > 1+ε_high."""
+    """−min(r·A, clip(r, 1−ε_low, 1+ε_high)·A) per token [B,T] (PPO, Schulman et al.
+    2017, Eq. 7; DAPO, Yu et al. 2025, Eq. 10) and its ratio and clip metrics; the clip binds
+    low where A < 0 and r < 1−ε_low, high where A > 0 and r > 1+ε_high."""
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
     loss = -torch.minimum(ratio * adv, clipped * adv)
     metrics = ratio_metrics(ratio, token_log_ratio, mask)

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from rlloom.kinds import RefUpdate
 from rlloom.models import unwrap_lm
 
 
@@ -34,5 +35,5 @@ class FrozenCopy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["weights"])
 
-    def on_step_end(self, step: int, policy: Any, metrics: dict[str, float]) -> dict[str, float]:
-        return {}
+    def on_step_end(self, step: int, policy: Any, metrics: dict[str, float]) -> RefUpdate:
+        return RefUpdate()

@@ -76,7 +76,7 @@ def token_rewards(batch: RolloutBatch, component: str) -> tuple[Tensor, Tensor]:
 
 
 def discounted_returns(r: Tensor, mask: Tensor, gamma: float) -> Tensor:
-    """Return-to-go G_t = Σ_{k≥t} γ^{k−t} r_k over each row, [B,T] → [B,T] (seed 004 §2.1).
+    """Return-to-go G_t = Σ_{k≥t} γ^{k−t} r_k per row, [B,T] → [B,T] (REINFORCE, Williams 1992).
 
     Computed backwards, G_t = r_t + γ G_{t+1}, with G = 0 after the last real token.
     """
@@ -165,10 +165,11 @@ def group_relative(
 ) -> Tensor:
     """Sequence advantages [B] from sequence rewards [B] and their groups.
 
-    Baseline: the group mean (seed 004 §2.6), or with ``leave_one_out`` the mean of the other
-    G−1 completions (RLOO, Ahmadian et al. 2024). Scale: ``group`` divides by the group's
-    unbiased std + eps (seed 003, ProRL Eq. (2) / DAPO Eq. (4)/(9)), ``batch`` by the unbiased
-    std of every reward in the batch + eps, ``none`` does not divide (Dr.GRPO).
+    Baseline: the group mean (GRPO, Shao et al. 2024), or with ``leave_one_out`` the mean of the
+    other G−1 completions (RLOO, Ahmadian et al. 2024). Scale: ``group`` divides by the group's
+    unbiased std + eps (ProRL, Liu et al. 2025, Eq. 2; DAPO, Yu et al. 2025, Eq. 4/9), ``batch``
+    by the unbiased std of every reward in the batch + eps, ``none`` does not divide (Dr. GRPO,
+    Liu et al. 2025).
     """
     if scale == "group" or leave_one_out:
         groups.require_pairs()

@@ -13,12 +13,13 @@ from rlloom.batch import RolloutBatch
 from rlloom.config import PRESET_DIR, load_config
 from rlloom.engine import Trainer
 from rlloom.metrics import MetricAccumulator
+from rlloom.update import optimizer_step
 from rlloom.rollout import completion_mask, encode_prompts
 
 
 def fixed_batch(trainer: Trainer, groups: int = 4, group_size: int = 4) -> RolloutBatch:
-    tok = trainer.tokenizer
-    data = trainer.train_data.select(range(groups))
+    tok = trainer.runtime.tokenizer
+    data = trainer.pipeline.train_data.select(range(groups))
     prompts = encode_prompts(tok, data["prompt"], list(range(groups)), {"answer": data["answer"]})
     g = torch.Generator().manual_seed(1234)
     n, t = groups * group_size, 5
@@ -39,10 +40,10 @@ def fixed_batch(trainer: Trainer, groups: int = 4, group_size: int = 4) -> Rollo
         truncated=truncated,
     )
     batch.rewards = torch.randn(n, generator=g)
-    batch.ref_logprobs, _, _ = trainer._no_grad_pass(trainer.ref_policy.model, batch)
+    batch.ref_logprobs, _, _ = trainer.mode._no_grad_pass(trainer.pipeline.online.ref_policy.model, batch)
     with torch.no_grad():
         batch.ref_logprobs -= 0.1 * torch.rand(batch.ref_logprobs.shape, generator=g) * batch.mask
-    batch.advantages = trainer.advantage(batch).advantages
+    batch.advantages = trainer.pipeline.online.advantage(batch).advantages
     return batch
 
 
@@ -50,24 +51,27 @@ def main() -> None:
     out, overrides = sys.argv[1], sys.argv[2:]
     trainer = Trainer(load_config(PRESET_DIR / "grpo.yaml", overrides))
     batch = fixed_batch(trainer)
-    rows = torch.arange(len(batch)).chunk(trainer.world)[trainer.rank]
+    rt = trainer.runtime
+    rows = torch.arange(len(batch)).chunk(rt.world)[rt.rank]
     grads = {}
-    step = trainer.optimizer.step
+    step = rt.optimizer.step
 
     def record_then_step(*args, **kwargs):
-        for name, p in trainer.policy.named_parameters():
+        for name, p in rt.policy.named_parameters():
             if p.grad is not None:
                 grads[name] = p.grad.detach().clone()
         return step(*args, **kwargs)
 
-    trainer.optimizer.step = record_then_step
+    rt.optimizer.step = record_then_step
     acc = MetricAccumulator()
-    trainer._optimizer_step(batch.select(rows), lambda b, s, idx: trainer._rollout_loss(b, s, None, idx), acc)
-    metrics = {**acc.reduce(), "world": trainer.world}
-    if trainer.accelerator.is_main_process:
+    mine = batch.select(rows)
+    max_len = trainer.pipeline.online.max_new_tokens
+    optimizer_step(rt, mine, mine.mask, max_len, lambda b, s, idx: trainer.mode.loss(b, s, None, idx), acc)
+    metrics = {**acc.reduce(), "world": rt.world}
+    if rt.accelerator.is_main_process:
         torch.save({"grads": grads, "metrics": metrics}, out)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    rt.accelerator.wait_for_everyone()
+    rt.accelerator.end_training()
 
 
 if __name__ == "__main__":

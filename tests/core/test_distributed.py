@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("ddp_update_script.py")
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean"])
 def test_two_processes_match_one(tmp_path, aggregation):
     overrides = [
-        *TINY, f"output_dir={tmp_path}", "trainer.kl_coef=0.1", "trainer.max_grad_norm=1e6",
+        *TINY, f"output_dir={tmp_path}", "kl.coef=0.1", "trainer.max_grad_norm=1e6",
         f"aggregation={aggregation}", "tracking.uri=sqlite:///" + str(tmp_path / "m.db"),
     ]
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"

@@ -42,9 +42,9 @@ def test_rl_preset_runs_end_to_end(preset, tiny, tmp_path):
 def test_sft_preset_runs_and_lowers_loss(tiny):
     cfg = load_config(PRESET_DIR / "sft.yaml", [*tiny, "trainer.max_steps=12", "trainer.eval_every=0", "trainer.lr=3e-3"])
     trainer = Trainer(cfg)
-    first = trainer.sft_step(0)["loss/policy"]
+    first = trainer.mode.step(0)["loss/policy"]
     for step in range(1, 12):
-        last = trainer.sft_step(step)["loss/policy"]
+        last = trainer.mode.step(step)["loss/policy"]
     assert last < first
 
 
@@ -84,7 +84,7 @@ def _history(db, name):
 
 def test_killed_and_resumed_run_matches_uninterrupted(tiny, tmp_path):
     base = [*tiny, "trainer.max_steps=4", "trainer.checkpoint_every=2", "sampler.num_generations=2",
-            "sampler.max_new_tokens=3", "trainer.epochs=2", "trainer.kl_coef=0.05"]
+            "sampler.max_new_tokens=3", "trainer.epochs=2", "kl.coef=0.05"]
     straight = [*base, f"output_dir={tmp_path / 'straight'}"]
     Trainer(load_config(PRESET_DIR / "grpo.yaml", straight)).train()
 

@@ -59,8 +59,8 @@ def count_reference_rows(monkeypatch):
 
 
 def _pair_rows(trainer, split):
-    data = trainer._pairs[split]
-    tok = trainer.tokenizer
+    data = trainer.mode.pairs[split]
+    tok = trainer.runtime.tokenizer
     rows = []
     for p, c, r in zip(data["prompt"], data["chosen"], data["rejected"]):
         for completion in (c, r):
@@ -109,9 +109,9 @@ def test_reference_logps_computed_once_from_the_initial_policy(tmp_path, count_r
     with safe_open(str(tmp_path / "run" / reference_logps.CACHE_FILE), framework="pt") as f:
         cached_chosen = f.get_tensor("train/chosen")
         cached_rejected = f.get_tensor("test/rejected")
-    tok, lm = trainer.tokenizer, trainer.policy.eval()
+    tok, lm = trainer.runtime.tokenizer, trainer.runtime.policy.eval()
     for split, column, cached, i in (("train", "chosen", cached_chosen, 3), ("test", "rejected", cached_rejected, 1)):
-        row = trainer._pairs[split][i]
+        row = trainer.mode.pairs[split][i]
         prompt = tok(row["prompt"], add_special_tokens=False)["input_ids"]
         ids = prompt + tok(row[column], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         with torch.no_grad():
@@ -123,7 +123,7 @@ def test_reference_logps_computed_once_from_the_initial_policy(tmp_path, count_r
     count_reference_rows.clear()
     again = Trainer(_cfg(tmp_path / "run"))
     assert count_reference_rows == []
-    assert torch.equal(again._ref["train"][0], trainer._ref["train"][0])
+    assert torch.equal(again.mode.ref["train"][0], trainer.mode.ref["train"][0])
 
 
 def test_stale_cache_is_recomputed(tmp_path, count_reference_rows):
@@ -141,9 +141,9 @@ def test_stale_cache_is_recomputed(tmp_path, count_reference_rows):
 
 def test_reference_free_skips_the_reference_pass(tmp_path, count_reference_rows):
     trainer = Trainer(_cfg(tmp_path / "run", loss={"name": "dpo", "reference_free": True}))
-    assert count_reference_rows == [] and trainer._ref == {}
+    assert count_reference_rows == [] and trainer.mode.ref == {}
     assert not (tmp_path / "run" / reference_logps.CACHE_FILE).exists()
-    metrics = trainer.preference_step(0)
+    metrics = trainer.mode.step(0)
     assert math.isfinite(metrics["loss/total"])
 
 
@@ -153,7 +153,7 @@ def test_loss_is_a_mean_over_pairs_whatever_the_microbatches(tmp_path):
     results = []
     for micro in (8, 2, 3):
         trainer = Trainer(_cfg(tmp_path / f"run{micro}", micro_batch_size=micro, eval_every=0))
-        results.append(trainer.preference_step(0))
+        results.append(trainer.mode.step(0))
     for other in results[1:]:
         for key in ("loss/total", "grad_norm", "dpo/accuracy", "logps/chosen"):
             assert math.isclose(other[key], results[0][key], rel_tol=1e-4, abs_tol=1e-6), key
@@ -193,17 +193,17 @@ def test_dpo_preset_runs_end_to_end(tiny, tmp_path):
 def test_step_zero_preference_accuracy_is_zero(tmp_path):
     # The policy is the reference at step 0: every implicit reward margin is exactly 0.
     trainer = Trainer(_cfg(tmp_path / "run"))
-    assert trainer._preference_eval()["eval/preference_accuracy"] == 0.0
+    assert trainer.mode.pair_accuracy()["eval/preference_accuracy"] == 0.0
 
 
 def test_resume_reuses_the_cache_and_matches_an_uninterrupted_run(tmp_path, tracking_uri, count_reference_rows):
     whole = Trainer(_cfg(tmp_path / "whole", tracking_uri, max_steps=3, eval_every=0))
     for step in range(3):  # the steps train() would run (a DPO step draws no random numbers)
-        whole.preference_step(step)
+        whole.mode.step(step)
     Trainer(_cfg(tmp_path / "cut", tracking_uri, max_steps=2, eval_every=0, checkpoint_every=1)).train()
     count_reference_rows.clear()
     resumed = Trainer(OmegaConf.merge(_cfg(tmp_path / "cut", tracking_uri, max_steps=3, eval_every=0), {"resume": True}))
     assert count_reference_rows == []
     resumed.train()
-    for (name, a), b in zip(whole.policy.named_parameters(), resumed.policy.parameters()):
+    for (name, a), b in zip(whole.runtime.policy.named_parameters(), resumed.runtime.policy.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name

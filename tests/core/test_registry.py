@@ -1,8 +1,11 @@
 """The registry: builtins registered like plugins, duplicates refused, unknown names explained."""
+import sys
+import types
+
 import pytest
 
-from rlloom import hookimpl
-from rlloom.errors import ConfigError, RegistryError
+from rlloom import hookimpl, registry as registry_module
+from rlloom.errors import ConfigError, PluginLoadError, RegistryError
 from rlloom.kinds import KINDS
 from rlloom.registry import Registry, get_registry, make_plugin_manager
 
@@ -84,3 +87,123 @@ def test_plugin_can_add_a_kind():
     registry = Registry.from_plugins(pm)
     assert registry.names("curriculum") == ["easy_first"]
     assert registry.build("curriculum", "easy_first") == "built"
+
+
+class _FakeDist:
+    name = "my-plugin-dist"
+
+
+class _FakeEntryPoint:
+    """Just what ``make_plugin_manager`` reads from an ``importlib.metadata.EntryPoint``."""
+
+    def __init__(self, name, plugin):
+        self.name, self.dist, self._plugin = name, _FakeDist(), plugin
+        self.value = getattr(plugin, "__name__", type(plugin).__name__)
+
+    def load(self):
+        return self._plugin
+
+
+def _plugin_module(name, **functions):
+    """A plugin module whose functions are defined "in" it (``__module__`` is its name)."""
+    module = types.ModuleType(name)
+    for attr, fn in functions.items():
+        fn.__module__, fn.__name__ = name, attr
+        setattr(module, attr, fn)
+    return module
+
+
+def _load_entry_points(monkeypatch, *plugins):
+    eps = [_FakeEntryPoint(name, module) for name, module in plugins]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
+    return make_plugin_manager()
+
+
+def test_builtins_alone_load_without_hook_errors():
+    pm = make_plugin_manager()
+    pm.check_pending()
+    assert pm.has_plugin("rlloom.plugins.grpo")
+
+
+def test_well_formed_entry_point_plugin_loads(monkeypatch):
+    module = _plugin_module("my_good_plugin", rlloom_reward=hookimpl(lambda: {"always_one": lambda: 1}))
+    pm = _load_entry_points(monkeypatch, ("my_plugin", module))
+    assert Registry.from_plugins(pm).get("reward", "always_one").plugin == "my_plugin"
+
+
+def test_misspelled_hookimpl_names_plugin_hook_and_suggestion(monkeypatch):
+    module = _plugin_module("my_typo_plugin", rlloom_rewards=hookimpl(lambda: {}))
+    with pytest.raises(PluginLoadError) as err:
+        _load_entry_points(monkeypatch, ("my_plugin", module))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("plugin 'my_plugin' (package my-plugin-dist) implements unknown hook 'rlloom_rewards'")
+    assert "(did you mean 'rlloom_reward'?)" in message
+    assert "known hooks: " in message and "rlloom_advantage" in message
+    assert "plugins.disable: [my_plugin]" in message and "RLLOOM_DISABLE_PLUGINS=my_plugin" in message
+
+
+def test_hook_without_hookimpl_marker_is_refused(monkeypatch):
+    module = _plugin_module("my_unmarked_plugin", rlloom_reward=lambda: {"never": lambda: 0})
+    with pytest.raises(PluginLoadError) as err:
+        _load_entry_points(monkeypatch, ("my_plugin", module))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "plugin 'my_plugin' (package my-plugin-dist) defines rlloom_reward() without @hookimpl" in message
+    assert "decorate it with @hookimpl (from rlloom import hookimpl)" in message
+    assert "plugins.disable: [my_plugin]" in message
+
+
+def test_misspelled_hook_without_hookimpl_marker_suggests_the_name(monkeypatch):
+    module = _plugin_module("my_unmarked_typo", rlloom_advantages=lambda: {})
+    with pytest.raises(PluginLoadError) as err:
+        _load_entry_points(monkeypatch, ("my_plugin", module))
+    message = str(err.value)
+    assert "defines rlloom_advantages() without @hookimpl" in message
+    assert "rename it to 'rlloom_advantage'" in message
+
+
+def test_both_mistakes_in_one_plugin_are_reported(monkeypatch):
+    module = _plugin_module(
+        "my_bad_plugin",
+        rlloom_rewards=hookimpl(lambda: {}),
+        rlloom_advantage=lambda: {},
+    )
+    with pytest.raises(PluginLoadError, match=r"implements unknown hook 'rlloom_rewards'"):
+        _load_entry_points(monkeypatch, ("my_plugin", module))
+    del module.rlloom_rewards
+    with pytest.raises(PluginLoadError, match=r"defines rlloom_advantage\(\) without @hookimpl"):
+        _load_entry_points(monkeypatch, ("my_plugin", module))
+
+
+def test_imported_and_unrelated_functions_are_not_flagged(monkeypatch):
+    module = _plugin_module(
+        "my_helper_plugin",
+        rlloom_reward=hookimpl(lambda: {}),
+        rlloom_plugin_version=lambda: "1",  # its own, but named like no hook
+    )
+    module.rlloom_advantage = lambda: {}  # unmarked, but defined elsewhere (imported)
+    pm = _load_entry_points(monkeypatch, ("my_plugin", module))
+    assert pm.has_plugin("my_plugin")
+
+
+class _UnmarkedMethodPlugin:
+    def rlloom_reward(self):
+        return {}
+
+
+def test_class_plugin_method_without_hookimpl_is_refused(monkeypatch):
+    with pytest.raises(PluginLoadError, match=r"^plugin 'cls_plugin' \(package my-plugin-dist\) defines rlloom_reward\(\)"):
+        _load_entry_points(monkeypatch, ("cls_plugin", _UnmarkedMethodPlugin()))
+
+
+def test_plugin_registered_by_hand_with_unknown_hook_is_refused_without_disable_hint(monkeypatch):
+    builtin = _plugin_module("rlloom.plugins.fake", rlloom_rewards=hookimpl(lambda: {}))
+    monkeypatch.setattr(registry_module, "_builtin_modules", lambda: ["rlloom.plugins.fake"])
+    monkeypatch.setitem(sys.modules, "rlloom.plugins.fake", builtin)
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [])
+    with pytest.raises(PluginLoadError) as err:
+        make_plugin_manager()
+    message = str(err.value)
+    assert message.startswith("plugin 'rlloom.plugins.fake' implements unknown hook 'rlloom_rewards'")
+    assert "RLLOOM_DISABLE_PLUGINS" not in message

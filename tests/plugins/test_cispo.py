@@ -4,12 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlloom.kinds import PolicyLoss
 from rlloom.plugins.cispo import CISPO
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.plugins.ppo import PPOClip
 from rlloom.registry import get_registry
-from rlloom.testing import rollout_batch
+from rlloom.testing import check_component, rollout_batch
 
 D = torch.float64
 
@@ -22,7 +21,7 @@ def isclose(metric, value):
 def test_registered_and_defaults():
     assert get_registry().get("policy_loss", "cispo").factory is CISPO
     loss = CISPO()
-    assert isinstance(loss, PolicyLoss)
+    check_component("policy_loss", loss)
     # MiniMax-M1: no lower bound on the IS weight (ε_low = 1 → bound 0), ε_high tuned.
     assert (loss.eps_low, loss.eps_high) == (1.0, 0.28)
 

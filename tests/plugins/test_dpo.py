@@ -108,8 +108,8 @@ def test_accuracy_counts_wrongly_ranked_pairs():
 
 def test_sigmoid_gradient_matches_analytic_form():
     # d/dh[−log σ(βh)] = −β σ(−βh): the chosen token log-probs of pair i get −β σ(−βh_i) on
-    # each completion token, the rejected ones +β σ(−βh_i). Seed 002 "Preference Gradient"
-    # writes σ(+βh) here, which is a typo; this checks the correct derivative.
+    # each completion token, the rejected ones +β σ(−βh_i) (Rafailov et al. 2023, §4): the
+    # factor is σ(−βh), not σ(βh); this checks it.
     logprobs = make_logprobs().requires_grad_(True)
     SigmoidDPO(beta=BETA)(logprobs, make_batch()).loss.sum().backward()
     expected = []
@@ -118,7 +118,7 @@ def test_sigmoid_gradient_matches_analytic_form():
     for i, h in enumerate(margins()):
         expected.append([BETA * sigmoid(-BETA * h) * m for m in REJECTED_MASK[i]])
     torch.testing.assert_close(logprobs.grad, torch.tensor(expected, dtype=torch.float64))
-    # The seed's σ(+βh) would differ: σ(βh) ≠ σ(−βh) for h ≠ 0.
+    # A σ(+βh) factor would differ: σ(βh) ≠ σ(−βh) for h ≠ 0.
     assert sigmoid(BETA * 0.2) != pytest.approx(sigmoid(-BETA * 0.2))
 
 

@@ -3,10 +3,9 @@ import math
 import pytest
 import torch
 
-from rlloom.kinds import PolicyLoss
 from rlloom.plugins.gspo import GSPO
 from rlloom.registry import get_registry
-from rlloom.testing import rollout_batch
+from rlloom.testing import check_component, rollout_batch
 
 D = torch.float64
 
@@ -38,7 +37,7 @@ def test_registered_and_defaults():
     entry = get_registry().get("policy_loss", "gspo")
     assert entry.factory is GSPO
     loss = GSPO()
-    assert isinstance(loss, PolicyLoss)
+    check_component("policy_loss", loss)
     # Zheng et al. 2025: left and right clipping ranges 3e-4 and 4e-4.
     assert (loss.eps_low, loss.eps_high) == (3e-4, 4e-4)
 
@@ -91,8 +90,11 @@ def test_values_gradients_and_metrics_by_hand():
 
 
 def test_gradient_equals_sequence_level_objective():
-    # Averaged per sequence, the token form has the value and the gradient of −J_GSPO:
-    # (1/|y_i|) Σ_t s_i ∇log π_t = ∇s_i. Sequences are offset so that some are clipped.
+    # Averaged per sequence, the token form has the value and the gradient of −J_GSPO: every
+    # token's s_{i,t} has value s_i and gradient s_i ∇log π_t, and since
+    # s_i = exp((1/|y_i|) Σ_t (log π_t − log π_old,t)), ∇s_i = s_i (1/|y_i|) Σ_t ∇log π_t, so
+    # (1/|y_i|) Σ_t s_i ∇log π_t = ∇s_i; the clip indicator is the same on every token of a
+    # sequence. Sequences are offset so that some are clipped.
     gen = torch.Generator().manual_seed(0)
     B, T = 6, 5
     eps_low, eps_high = 0.1, 0.15

@@ -3,15 +3,8 @@ import math
 import pytest
 import torch
 
-from rlloom.plugins.kl import (
-    K1,
-    K2,
-    K3,
-    AdaptiveKLController,
-    ExactKL,
-    FixedKLController,
-    make_kl_controller,
-)
+from rlloom.kl_control import AdaptiveKLController, FixedKLController, make_kl_controller
+from rlloom.plugins.kl import K1, K2, K3, ExactKL
 from rlloom.registry import get_registry
 
 LN2 = math.log(2.0)
@@ -156,11 +149,13 @@ def test_k1_unbiased_under_policy_samples():
 
 
 def test_k3_unbiased_under_policy_samples():
+    # r = π_ref/π_θ with o ∼ π_θ: E[r] = Σ_o π_ref(o) = 1, so E[k3] = E[−log r] = KL(π_θ ‖ π_ref).
     assert_mean_close(sample_estimates(K3(), PI), kl_loop(PI, PI_REF))
 
 
 def test_k3_policy_over_ref_unbiased_under_reference_samples():
     # r = π_θ/π_ref with o ∼ π_ref: E[r] = 1, so E[k3] = E_ref[log π_ref/π_θ] = KL(π_ref ‖ π_θ).
+    # Under o ∼ π_θ the same k3 would estimate E_π_θ[π_θ/π_ref] − 1 − KL(π_θ ‖ π_ref) instead.
     assert_mean_close(sample_estimates(K3(direction="policy_over_ref"), PI_REF), kl_loop(PI_REF, PI))
 
 
@@ -176,6 +171,7 @@ def test_k2_biased():
 
 @pytest.mark.parametrize("direction", K3.DIRECTIONS)
 def test_k3_nonnegative(direction):
+    # k3 = e^{log r} − log r − 1 ≥ 0 because eˣ ≥ 1 + x.
     gen = torch.Generator().manual_seed(1)
     for scale in (1e-6, 1e-2, 1.0, 10.0):
         logp = torch.randn(64, 64, generator=gen) * scale
@@ -200,6 +196,7 @@ def test_gradients_match_formulas():
     # ∂k1/∂log π = 1; ∂k2/∂log π = log π − log π_ref;
     # k3 (ref_over_policy) = e^{−x} + x − 1 → 1 − e^{−x} = 1 − π_ref/π;
     # k3 (policy_over_ref) = e^{x} − x − 1 → e^{x} − 1 = π/π_ref − 1.
+    # Both k3 gradients agree with k2's (x) to first order in x.
     torch.testing.assert_close(grad_wrt_logprobs(K1(), logp, ref), torch.ones_like(x))
     torch.testing.assert_close(grad_wrt_logprobs(K2(), logp, ref), x)
     torch.testing.assert_close(grad_wrt_logprobs(K3(), logp, ref), 1 - torch.exp(-x))
@@ -237,7 +234,8 @@ def test_expected_loss_gradients():
     torch.testing.assert_close(expected_loss_gradient(K1(), theta, ref_logp), torch.zeros(4, dtype=torch.float64))
     # k2: ∇ KL(π ‖ π_ref).
     torch.testing.assert_close(expected_loss_gradient(K2(), theta, ref_logp), kl_grad(forward=False))
-    # k3 ref_over_policy: ∇ KL(π_ref ‖ π).
+    # k3 ref_over_policy: ∇k3 = (1 − π_ref/π)·∇log π, and E_π[∇log π] = 0, so the expectation
+    # is −Σ_o π_ref(o)∇log π(o) = ∇ KL(π_ref ‖ π), the forward KL's gradient.
     torch.testing.assert_close(expected_loss_gradient(K3(), theta, ref_logp), kl_grad(forward=True))
 
 

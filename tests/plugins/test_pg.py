@@ -3,10 +3,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rlloom.kinds import PolicyLoss
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.registry import get_registry
-from rlloom.testing import rollout_batch
+from rlloom.testing import check_component, rollout_batch
 
 D = torch.float64
 
@@ -15,7 +14,7 @@ def test_registered():
     entry = get_registry().get("policy_loss", "pg")
     assert entry.factory is PolicyGradient
     loss = entry.factory()
-    assert isinstance(loss, PolicyLoss)
+    check_component("policy_loss", loss)
     assert loss.requires == {"advantages"} and loss.needs_logits is False
 
 
@@ -36,9 +35,9 @@ def test_values_by_hand():
 
 
 def test_gradient_matches_seed_formula():
-    # Seed 003 VinePPO Eq. (2) / seed 004 §2.1: ∇loss = −Σ_t A_t ∇log π(a_t). For a softmax
-    # policy with logits θ, ∇_θ log π(a) = onehot(a) − softmax(θ), so the expected gradient is
-    # −A·(onehot(a) − softmax(θ)) on valid tokens and 0 on padding.
+    # VinePPO, Kazemnejad et al. 2024, Eq. 2 / REINFORCE, Williams 1992: ∇loss = −Σ_t A_t
+    # ∇log π(a_t). For a softmax policy with logits θ, ∇_θ log π(a) = onehot(a) − softmax(θ),
+    # so the expected gradient is −A·(onehot(a) − softmax(θ)) on valid tokens and 0 on padding.
     gen = torch.Generator().manual_seed(0)
     B, T, V = 2, 4, 5
     theta = torch.randn(B, T, V, dtype=D, generator=gen, requires_grad=True)

@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from rlloom.errors import ConfigError
-from rlloom.kinds import PolicyLoss, ValueLoss
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.plugins.ppo import ClippedMSEValueLoss, MSEValueLoss, PPOClip
 from rlloom.registry import get_registry
-from rlloom.testing import rollout_batch
+from rlloom.testing import check_component, rollout_batch
 
 D = torch.float64
 
@@ -43,8 +42,9 @@ def test_registered_once():
     assert [e.name for e in reg.entries("policy_loss") if e.factory is PPOClip] == ["ppo_clip"]
     assert reg.get("value_loss", "mse").factory is MSEValueLoss
     assert reg.get("value_loss", "clipped_mse").factory is ClippedMSEValueLoss
-    assert isinstance(PPOClip(), PolicyLoss)
-    assert isinstance(MSEValueLoss(), ValueLoss) and isinstance(ClippedMSEValueLoss(), ValueLoss)
+    check_component("policy_loss", PPOClip())
+    check_component("value_loss", MSEValueLoss())
+    check_component("value_loss", ClippedMSEValueLoss())
     assert PPOClip.requires == {"advantages"}
     assert ClippedMSEValueLoss.requires == {"returns", "old_values"}
 
@@ -141,7 +141,8 @@ def test_decoupled_clip_by_hand():
 
 
 def test_dual_clip_by_hand():
-    # c = 3, ε = 0.2. For A < 0: loss = min(−min(rA, clip(r)A), −cA).
+    # c = 3, ε = 0.2. For A < 0: loss = min(−min(rA, clip(r)A), −cA), i.e. the objective
+    # max(min(rA, clip(r)A), cA) (Ye et al. 2020): with A < 0 and r > c the constant −cA wins.
     #   r=5, A=−1: −min(−5, −1.2) = 5, min(5, 3) = 3 → loss 3, grad 0 (dual bound binds)
     #   r=2, A=−1: −min(−2, −1.2) = 2, min(2, 3) = 2 → loss 2, grad −rA = 2
     #   r=4, A=−2: −min(−8, −2.4) = 8, min(8, 6) = 6 → loss 6, grad 0
@@ -199,7 +200,7 @@ def test_gradcheck_off_the_kinks():
 
 def test_mse_values_and_gradient():
     # ½(V − G)²: V = [1, 3, 0.5], G = [2, 2, 0.5] → [0.5, 0.5, 0]; padding → 0.
-    # Seed 002 "Value Gradient": ∂/∂V = V − G = [−1, 1, 0], padding 0.
+    # Gradient of ½(V − G)²: ∂/∂V = V − G = [−1, 1, 0], padding 0.
     values = torch.tensor([[1.0, 3.0, 0.5, 9.0]], dtype=D, requires_grad=True)
     returns = torch.tensor([[2.0, 2.0, 0.5, -9.0]], dtype=D)
     batch = rollout_batch([[1, 1, 1, 0]], returns=returns)
@@ -213,7 +214,7 @@ def test_mse_values_and_gradient():
 
 
 def test_mse_gradient_through_a_value_head():
-    # Seed 002 "Value Gradient": ∇_φ L = Σ (V_φ − V_target) ∇_φ V_φ. With a linear head
+    # Value-loss gradient: ∇_φ L = Σ (V_φ − V_target) ∇_φ V_φ. With a linear head
     # V = x·w, ∇_w V = x, so ∇_w L = Σ_{valid} (V − G) x.
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 4, dtype=D, generator=gen)

@@ -93,6 +93,9 @@ def random_case(b=11, length=5, vocab=7, dtype=torch.float64, seed=0):
 
 
 def test_label_smoothing_matches_log_softmax_formula():
+    # With q = (1−ε)·onehot(y_t) + ε/V, ℓ_t = −Σ_v q(v) log π(v) = −(1−ε) log π(y_t) − ε·(1/V)
+    # Σ_v log π(v), and (1/V) Σ_v log π(v) = mean_v z_v − logsumexp(z): NLL takes this last term
+    # from the logits chunk by chunk; here it is checked against a full log_softmax.
     # b = 11 rows spans two chunks of 8.
     logits, batch = random_case()
     eps, vocab = 0.1, logits.shape[-1]
@@ -131,7 +134,7 @@ def test_focal_matches_independent_formula():
 
 
 def test_gradient_is_minus_grad_logprob():
-    # Seed 002 "SFT Gradients": ∇L = −Σ_t ∇ log π(y_t). With respect to the logits z of one
+    # SFT NLL gradient: ∇L = −Σ_t ∇ log π(y_t). With respect to the logits z of one
     # position, −∇_z log softmax(z)_y = softmax(z) − onehot(y); masked positions get 0.
     logits, batch = random_case()
     logits.requires_grad_(True)

@@ -3,11 +3,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rlloom.kinds import PolicyLoss
 from rlloom.plugins.pg import PolicyGradient
 from rlloom.plugins.trpo import TRPOSurrogate
 from rlloom.registry import get_registry
-from rlloom.testing import rollout_batch
+from rlloom.testing import check_component, rollout_batch
 
 D = torch.float64
 
@@ -15,12 +14,13 @@ D = torch.float64
 def test_registered():
     entry = get_registry().get("policy_loss", "trpo_surrogate")
     assert entry.factory is TRPOSurrogate
-    assert isinstance(entry.factory(), PolicyLoss)
+    check_component("policy_loss", entry.factory())
     assert TRPOSurrogate.requires == {"advantages"}
 
 
 def test_values_gradients_and_metrics_by_hand():
-    # Seed 004 §2.4.2: L = (π/π_old)·A; loss = −r·A, d loss/d log π = −r·A (∂r/∂log π = r).
+    # TRPO, Schulman et al. 2015: L = (π/π_old)·A; loss = −r·A,
+    # d loss/d log π = −r·A (∂r/∂log π = r).
     #   r = [2, 0.5, 1, 4 (padding)], A = [1.5, −2, 3, 1]
     #   loss = [−3, 1, −3, 0], grad = [−3, 1, −3, 0]
     # kl/old_approx = mean over valid tokens of r − 1 − ln r

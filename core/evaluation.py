@@ -1,0 +1,75 @@
+"""Held-out evaluation by generation: greedy answers to test prompts, scored by the rewards."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlloom.data import prompt_batch, require_columns
+from rlloom.models import unwrap_lm
+from rlloom.ops import global_sum
+from rlloom.rewarding import RewardFunction, score
+from rlloom.rollout import completion_mask
+from rlloom.runtime import Runtime
+
+DEFAULT_BUDGET = 16
+
+
+def chunks(n: int, size: int) -> list[torch.Tensor]:
+    """Row indices 0..n−1 in consecutive pieces of at most ``size``."""
+    return list(torch.arange(n).split(max(1, size)))
+
+
+class GreedyEvaluation:
+    """``eval/accuracy``: the fraction of held-out prompts whose greedy answer gets a positive
+    first reward; ``eval/reward_mean``: the mean combined reward.
+
+    The held-out prompts are the first ``trainer.eval_size`` rows of the task's test split,
+    loaded on first use and shared out over the processes. Answers are at most ``budget``
+    tokens (``trainer.eval_max_new_tokens``, else the sampler's budget).
+    """
+
+    def __init__(self, task: Any, rewards: list[RewardFunction], budget: int | None):
+        self.task, self.rewards = task, rewards
+        self.budget = budget or DEFAULT_BUDGET
+        self._data = None
+
+    def _held_out(self, rt: Runtime):
+        if self._data is None:
+            test = self.task.load("test")
+            require_columns(test, ["prompt"], "task (test split)")
+            rows = list(range(min(rt.cfg.trainer.eval_size, len(test))))
+            self._data = test.select(rows[rt.rank :: rt.world])
+        return self._data
+
+    @torch.no_grad()
+    def __call__(self, rt: Runtime) -> dict[str, float]:
+        if not self.rewards or rt.cfg.trainer.eval_size <= 0:
+            return {}
+        data = self._held_out(rt)
+        tok = rt.tokenizer
+        lm = unwrap_lm(rt.policy)
+        was_training = lm.training
+        lm.eval()
+        correct = reward_sum = 0.0
+        for idx in chunks(len(data), rt.cfg.trainer.micro_batch_size):
+            prompts = prompt_batch(data, idx.tolist(), tok, 0)
+            out = lm.generate(
+                input_ids=prompts.input_ids.to(rt.device),
+                attention_mask=prompts.attention_mask.to(rt.device),
+                do_sample=False,
+                max_new_tokens=self.budget,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            tokens = out[:, prompts.input_ids.shape[1]:].cpu()
+            mask, truncated = completion_mask(tokens, tok.eos_token_id)
+            completions = tok.batch_decode(tokens.masked_fill(mask == 0, tok.pad_token_id), skip_special_tokens=True)
+            columns = {**prompts.columns, "completion_lengths": mask.sum(1).tolist(), "truncated": truncated.tolist()}
+            total, parts = score(self.rewards, prompts.texts, completions, columns)
+            correct += float((parts[self.rewards[0].name] > 0).sum())
+            reward_sum += float(total.sum())
+        lm.train(was_training)
+        sums = global_sum(torch.tensor([correct, reward_sum, float(len(data))], dtype=torch.float64))
+        n = max(sums[2].item(), 1.0)
+        return {"eval/accuracy": sums[0].item() / n, "eval/reward_mean": sums[1].item() / n}
