@@ -69,6 +69,12 @@ def rlloom_value_loss() -> Factories:
 
 
 @hookspec
+def rlloom_update() -> Factories:
+    """Update rules: ``make_optimizer(params, lr)`` and ``step(closure) -> metrics`` (AdamW,
+    TRPO's natural gradient, ...)."""
+
+
+@hookspec
 def rlloom_kinds() -> dict[str, dict[str, Factories]]:
     """New kinds: ``{kind: {name: factory}}`` for kinds the core does not define.
 

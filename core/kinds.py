@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from torch import Tensor
 
@@ -72,8 +72,6 @@ class RefUpdate:
 
 class Advantage(Protocol):
     """``advantage(batch) -> AdvantageOutput``: credit per completion token."""
-
-    requires: ClassVar[set[str]]
 
     def __call__(self, batch: RolloutBatch) -> AdvantageOutput: ...
 
@@ -165,6 +163,21 @@ class Schedule(Protocol):
     """``schedule(step, total_steps) -> float``: the learning-rate multiplier at ``step``."""
 
     def __call__(self, step: int, total_steps: int) -> float: ...
+
+
+class UpdateRule(Protocol):
+    """How the parameters move once the step's loss is known.
+
+    ``make_optimizer(params, lr)`` builds the torch optimizer whose parameter groups carry the
+    scheduled learning rate (and whose state a reference reset clears);
+    ``step(closure) -> metrics`` applies one update through a ``StepClosure``
+    (``rlloom.update``): accumulate the gradient over the step's microbatches, clip it,
+    re-evaluate the loss and the KL to π_old, form Fisher-vector products.
+    """
+
+    def make_optimizer(self, params: list[Any], lr: float) -> Any: ...
+
+    def step(self, closure: Any) -> dict[str, float]: ...
 
 
 class Task(Protocol):
@@ -320,6 +333,18 @@ KINDS: dict[str, Kind] = {
                                   "(the embedded model's tokenizer); None: read from the data", None),),
         ),
         Kind("value_loss", "rlloom_value_loss", ValueLoss, "values + returns -> critic loss [B,T]", attributes=(REQUIRES,)),
+        Kind(
+            "update",
+            "rlloom_update",
+            UpdateRule,
+            "one optimizer step from the step's loss",
+            methods=("make_optimizer", "step"),
+            attributes=(
+                Attribute("needs_old_logprobs", bool, "it re-evaluates the loss away from θ_old, so the "
+                          "batch must carry log π_old even for one update per rollout", False),
+                Attribute("trains_critic", bool, "it can train a value head alongside the policy", True),
+            ),
+        ),
     ]
 }
 

@@ -32,10 +32,15 @@ class OnlineMode:
 
     def __init__(self, pipeline: Pipeline, rt: Runtime, hooks: Any):
         self.p, self.parts, self.rt, self.hooks = pipeline, pipeline.online, rt, hooks
-        if self.parts.ref_policy is not None:
-            self.parts.ref_policy.setup(rt.policy)
-            if self.parts.ref_policy.model is not None:
-                self.parts.ref_policy.model.to(rt.device)
+        ref = self.parts.ref_policy
+        if ref is not None:
+            ref.setup(rt.policy)
+            if ref.model is None:
+                raise ConfigError(
+                    f"ref_policy: {type(ref).__name__} holds no reference model after setup, but the KL "
+                    f"term needs one (kl.coef > 0); set `kl: null` to train without a KL term"
+                )
+            ref.model.to(rt.device)
         budget = rt.cfg.trainer.eval_max_new_tokens or self.parts.max_new_tokens
         self.evaluation = GreedyEvaluation(pipeline.task, pipeline.rewards, budget)
         self.last_batch: RolloutBatch | None = None
@@ -65,7 +70,7 @@ class OnlineMode:
             if parts.needs_critic:
                 batch.values, batch.old_values = values * batch.mask, values * batch.mask
         kl = parts.kl
-        if kl is not None and parts.ref_policy.model is not None:
+        if kl is not None:
             batch.ref_logprobs, _, ref_logits = self._no_grad_pass(
                 parts.ref_policy.model, batch, want_logits=kl.needs_logits
             )
@@ -145,7 +150,11 @@ class OnlineMode:
             terms["loss/value"] = t.value_coef * value_term
             metrics.update(value_out.metrics)
         terms["loss/total"] = total
-        return LossShare(total, terms, metrics, mb.mask.sum().item())
+        kl_old = None
+        if mb.old_logprobs is not None:  # k3 estimate of KL(π_old ‖ π_θ) on the sampled tokens
+            log_r = (out.logprobs.float() - mb.old_logprobs.float()) * mb.mask
+            kl_old = ((torch.expm1(log_r) - log_r) * mb.mask).sum() / scope.total_tokens
+        return LossShare(total, terms, metrics, mb.mask.sum().item(), kl_old)
 
     # ------------------------------------------------------------------ pieces of the step
     def score(self, batch: RolloutBatch) -> RolloutBatch:

@@ -49,7 +49,7 @@ class OnlineParts:
     value_loss: Any | None  # None: no critic
     temperature: float  # the sampler's: log-probs are recomputed at it
     max_new_tokens: int
-    off_policy: bool  # several optimizer steps per rollout: old log-probs are computed
+    off_policy: bool  # several optimizer steps per rollout, or a rule that needs them: old log-probs are computed
 
     @property
     def needs_critic(self) -> bool:
@@ -66,6 +66,7 @@ class Pipeline:
     reference_free: bool  # preference losses that read no reference log-probs
     aggregation: Any
     schedule: Any
+    update: Any  # the update rule (AdamW by default)
     task: Any
     alphabet: str | None  # the task's characters, for the embedded model's tokenizer
     train_data: Any
@@ -79,6 +80,11 @@ def build_pipeline(cfg: DictConfig, registry: Registry, world: int) -> Pipeline:
     loss = conform("policy_loss", policy_loss)
     aggregation = _build(cfg, registry, "aggregation", default="token_mean")
     schedule = _build(cfg, registry, "schedule", default="constant")
+    update = _build(cfg, registry, "update", default="adamw")
+    rule = conform("update", update)
+    if rule.needs_old_logprobs and loss.consumes != "rollout":
+        raise ConfigError(f"update: {type(update).__name__} re-evaluates the loss against π_old, which "
+                          f"only online RL has; this pipeline trains on {loss.consumes} batches")
     task = _build(cfg, registry, "task")
     train_data = task.load("train")
     rewards = [
@@ -90,7 +96,7 @@ def build_pipeline(cfg: DictConfig, registry: Registry, world: int) -> Pipeline:
         require_columns(train_data, ["prompt"], "task (train split)")
         if not rewards:
             raise ConfigError("reward: online RL needs at least one reward")
-        online = _build_online(cfg, registry, world)
+        online = _build_online(cfg, registry, world, rule)
         _check_requires(policy_loss, online)
     elif loss.consumes == "supervised":
         require_columns(train_data, ["prompt", "completion"], "task (train split)")
@@ -103,6 +109,7 @@ def build_pipeline(cfg: DictConfig, registry: Registry, world: int) -> Pipeline:
         reference_free=loss.reference_free,
         aggregation=aggregation,
         schedule=schedule,
+        update=update,
         task=task,
         alphabet=conform("task", task).alphabet,
         train_data=train_data,
@@ -136,13 +143,17 @@ def _reward_name(spec: Any, index: int) -> str:
     return name if index == 0 else f"{name}_{index}"
 
 
-def _build_online(cfg: DictConfig, registry: Registry, world: int) -> OnlineParts:
+def _build_online(cfg: DictConfig, registry: Registry, world: int, rule: Any) -> OnlineParts:
     t = cfg.trainer
     sampler = _build(cfg, registry, "sampler")
     sampled = conform("sampler", sampler)
     advantage = _build(cfg, registry, "advantage")
     needs_values = "values" in conform("advantage", advantage).requires - sampled.provides
     value_loss = _build(cfg, registry, "value_loss") if needs_values else None
+    if value_loss is not None and not rule.trains_critic:
+        raise ConfigError("update: this update rule does not train a critic, but the advantage "
+                          f"'{split_spec(cfg.advantage, 'advantage')[0]}' needs values; use a critic-free "
+                          "advantage (grpo, rloo, reinforce) or the adamw update")
     kl = _kl_term(cfg, registry)
     ref_policy = _build(cfg, registry, "ref_policy", default="frozen") if kl is not None else None
     if t.prompts_per_step % world:
@@ -155,7 +166,7 @@ def _build_online(cfg: DictConfig, registry: Registry, world: int) -> OnlinePart
         value_loss=value_loss,
         temperature=float(sampled.temperature),
         max_new_tokens=sampled.max_new_tokens,
-        off_policy=t.epochs > 1 or t.minibatches > 1,
+        off_policy=t.epochs > 1 or t.minibatches > 1 or rule.needs_old_logprobs,
     )
 
 

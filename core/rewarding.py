@@ -7,8 +7,8 @@ batch and combines them into one scalar reward per completion,
 
     r_i = Σ_k w_k · r_k(prompt_i, completion_i),
 
-the sum of the outcome reward and its shaping terms taken before any normalisation
-(as DAPO, Yu et al. 2025, adds its overlong penalty, Eq. 13, to the outcome reward). A function that
+the sum of the outcome reward and its shaping terms taken before any normalisation (as DAPO,
+Yu et al. 2025, adds its overlong penalty, Eq. 13, to the outcome reward). A function that
 raises or returns the wrong number or kind of values stops the step with a ``RewardError``
 naming the function and the sample.
 """

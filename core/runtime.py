@@ -27,6 +27,7 @@ class Runtime:
     optimizer: Any
     scheduler: Any
     tokenizer: Any
+    update: Any  # the update rule: how an optimizer step moves the parameters
 
     @property
     def rank(self) -> int:
@@ -56,8 +57,9 @@ class Runtime:
 
 
 def build_runtime(cfg: DictConfig, pipeline: Pipeline, accelerator: Any) -> Runtime:
-    """Load or build the policy (with a value head when the pipeline trains a critic), its
-    AdamW optimizer and the scheduler of ``pipeline.schedule``, prepared by ``accelerator``."""
+    """Load or build the policy (with a value head when the pipeline trains a critic), the
+    optimizer of ``pipeline.update`` and the scheduler of ``pipeline.schedule``, prepared by
+    ``accelerator``."""
     m, t = cfg.model, cfg.trainer
     value_head = m.value_head if m.value_head is not None else bool(pipeline.online and pipeline.online.needs_critic)
     if m.path:
@@ -72,11 +74,11 @@ def build_runtime(cfg: DictConfig, pipeline: Pipeline, accelerator: Any) -> Runt
         if value_head:
             model = PolicyWithValue(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas))
+    optimizer = pipeline.update.make_optimizer(params, t.lr)
     total = t.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: pipeline.schedule(s, total))
     model, optimizer = accelerator.prepare(model, optimizer)
-    return Runtime(cfg, accelerator, model, optimizer, scheduler, tokenizer)
+    return Runtime(cfg, accelerator, model, optimizer, scheduler, tokenizer, pipeline.update)
 
 
 class TrainingMode(Protocol):

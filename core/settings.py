@@ -44,8 +44,6 @@ class TrainerSettings:
     epochs: int = 1  # passes over one rollout batch (PPO epochs)
     minibatches: int = 1  # optimizer steps per epoch
     lr: float = 1e-4
-    weight_decay: float = 0.0
-    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
     entropy_coef: float = 0.0  # c2: loss −= c2·H
     value_coef: float = 0.5  # c1: loss += c1·L_value
@@ -96,18 +94,20 @@ MOVED = {
     "trainer.kl_target": "kl.target",
     "trainer.kl_horizon": "kl.horizon",
     "trainer.kl_in_reward": "kl.in_reward",
+    "trainer.weight_decay": "update.weight_decay",
+    "trainer.adam_betas": "update.betas",
 }
-"""Keys that moved: the KL term (estimator, β, its control and placement) is one entry, ``kl:``."""
+"""Keys that moved: the KL term (estimator, β, its control and placement) is one entry,
+``kl:``; the optimizer's own parameters belong to the update rule, ``update:``."""
 
 
 def load_settings(cfg: DictConfig) -> DictConfig:
     """``cfg`` merged onto the schema: unknown keys and wrong types raise ``ConfigError``."""
     for old, new in MOVED.items():
         if OmegaConf.select(cfg, old, default=None) is not None:
-            raise ConfigError(
-                f"{old}: moved to `{new}`; the KL term is configured in one place, "
-                f"e.g. `kl: {{name: k3, coef: 0.02}}` (`kl: null` turns it off)"
-            )
+            section = new.split(".")[0]
+            example = "kl: {name: k3, coef: 0.02}` (`kl: null` turns it off)" if section == "kl" else "update: {name: adamw, weight_decay: 0.01}`"
+            raise ConfigError(f"{old}: moved to `{new}`, e.g. `{example}")
     schema = OmegaConf.structured(Settings)
     own = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in KINDS]) if len(cfg) else cfg
     try:

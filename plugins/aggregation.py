@@ -11,7 +11,8 @@ The four variants differ in how tokens of sequences of different lengths are wei
 - ``token_mean``: every token alike (DAPO, Yu et al. 2025, Eq. 8/10).
 - ``seq_mean_token_mean``: every sequence alike, tokens averaged within it (GRPO, Shao et al. 2024).
 - ``seq_mean_token_sum``: every sequence alike, tokens summed within it.
-- ``seq_mean_token_sum_norm``: token sums divided by a constant length (Dr.GRPO).
+- ``seq_mean_token_sum_norm``: token sums divided by a constant length (Dr.GRPO), averaged over
+  sequences unless ``divide_by_sequences: false``.
 
 Masked positions never contribute, and a row whose mask is all zero contributes 0 (no NaN).
 A count of 0 in the scope (nothing to train on) gives a share of 0.
@@ -73,18 +74,26 @@ class SeqMeanTokenSumNorm:
     Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr.GRPO): GRPO's 1/|o_i| is replaced
     by a constant 1/L, removing the length bias while keeping (1/G)Σ_i. L is ``max_len`` when
     given, else ``scope.max_len`` (the generation budget). ``loss``, ``mask`` [B,T] → scalar.
+    ``divide_by_sequences: false`` drops the (1/G)Σ_i mean: Σ_i Σ_t loss·mask / L.
+
+    Peer conventions: ``true`` (default) is TRL's ``loss_type="dr_grpo"`` (sum / (B ·
+    max_completion_length)) and verl's current ``seq-mean-token-sum-norm``; ``false`` is the
+    formula of verl's ``agg_loss`` before Dec 2025 (sum / L per microbatch, which verl then
+    averaged over gradient-accumulation steps, so its step loss was that over their count).
     """
 
-    def __init__(self, max_len: int | None = None):
+    def __init__(self, max_len: int | None = None, divide_by_sequences: bool = True):
         if max_len is not None and not max_len > 0:
             raise ValueError(f"max_len must be a positive token count or null, got {max_len}")
         self.max_len = max_len
+        self.divide_by_sequences = bool(divide_by_sequences)
 
     def __call__(self, loss: Tensor, mask: Tensor, scope: AggregationScope) -> Tensor:
         length = self.max_len if self.max_len is not None else scope.max_len
         if not length > 0:
             raise ValueError(f"seq_mean_token_sum_norm needs a positive max_len, got {length}")
-        return _share((loss * mask).sum(), float(scope.total_sequences) * length)
+        sequences = float(scope.total_sequences) if self.divide_by_sequences else 1.0
+        return _share((loss * mask).sum(), sequences * length)
 
 
 @hookimpl

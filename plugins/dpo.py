@@ -41,6 +41,11 @@ class PreferenceLoss(ABC):
     ``dpo/rewards_rejected``, ``dpo/margin`` (their difference), ``dpo/accuracy`` (fraction of
     pairs with rewards_chosen > rewards_rejected), ``logps/chosen``, ``logps/rejected``,
     ``loss/preference`` and ``loss/sft`` (the unweighted chosen NLL).
+
+    Peer convention for the SFT term: TRL (``rpo_alpha``=α, or the ``sft`` loss type) adds α
+    times one token mean over all chosen tokens of the batch, Σ_i Σ_t NLL / Σ_i |y_w,i|; here it
+    is summed per pair. With every chosen completion n tokens long, ``sft_weight: α/n`` gives
+    TRL's term.
     """
 
     requires: ClassVar[set[str]] = set()
@@ -191,10 +196,13 @@ class ConservativeDPO(_NoisyLabelLoss):
     """Conservative DPO (cDPO): −(1−ε)·log σ(βh) − ε·log σ(−βh), DPO with label smoothing ε.
 
     The DPO loss (Rafailov et al. 2023, Eq. 7) against soft labels: each pair's preference is
-    taken as right with probability 1−ε (Mitchell 2023, "A note on DPO with noisy preferences";
-    TRL's ``sigmoid`` loss with ``label_smoothing``). ε = 0 is DPO. The minimiser keeps a finite
-    margin, σ(βh) = 1−ε, instead of pushing h to ∞. Parameters and shapes: see ``PreferenceLoss``;
-    ``label_smoothing`` ε ∈ [0, 0.5).
+    taken as right with probability 1−ε (Mitchell 2023, "A note on DPO with noisy preferences").
+    ε = 0 is DPO. The minimiser keeps a finite margin, σ(βh) = 1−ε, instead of pushing h to ∞.
+    Peer convention: equal to TRL's ``loss_type="sigmoid"`` with ``label_smoothing=ε`` in TRL's
+    DPOTrainer before its 2026 rewrite (that loss is −(1−ε)log σ(βh) − ε log σ(−βh) for every ε,
+    so ε = 0, the default, is DPO); the rewritten DPOTrainer's ``sigmoid`` ignores
+    ``label_smoothing``, so there no ``loss_type`` gives cDPO. Parameters and shapes: see
+    ``PreferenceLoss``; ``label_smoothing`` ε ∈ [0, 0.5).
     """
 
     def preference(self, h: Tensor) -> Tensor:
@@ -207,9 +215,8 @@ class RobustDPO(_NoisyLabelLoss):
 
     Chowdhury et al. 2024 ("Provably Robust DPO for Aligning Language Models"): an unbiased estimate of the clean DPO
     loss (Rafailov et al. 2023, Eq. 7) when each label is flipped with known probability ε.
-    ε = 0 is DPO. TRL calls this loss ``robust``; here ``robust`` is the conservative form
-    (``ConservativeDPO``) and this one is ``rdpo``. Parameters and shapes: see
-    ``PreferenceLoss``; ``label_smoothing`` ε ∈ [0, 0.5).
+    ε = 0 is DPO. Peer convention: TRL's ``loss_type="robust"`` with ``label_smoothing=ε``.
+    Parameters and shapes: see ``PreferenceLoss``; ``label_smoothing`` ε ∈ [0, 0.5).
     """
 
     def preference(self, h: Tensor) -> Tensor:
@@ -225,6 +232,6 @@ def rlloom_policy_loss():
         "dpo": SigmoidDPO,
         "ipo": IPO,
         "hinge": Hinge,
-        "robust": ConservativeDPO,
-        "rdpo": RobustDPO,
+        "robust": RobustDPO,
+        "cdpo": ConservativeDPO,
     }

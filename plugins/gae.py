@@ -32,6 +32,9 @@ class GAEAdvantage:
 
     ``whiten`` normalises the advantages to zero mean and unit variance over the batch's valid
     tokens (PPO practice), after the returns are taken; ``clip`` then clips them to [−clip, clip].
+    Peer conventions: off by default here; TRL's ``PPOTrainer`` and verl's ``gae`` estimator
+    always whiten (mean and unbiased variance over the valid tokens, + 1e-8; TRL per process),
+    so ``whiten: true`` reproduces both.
     """
 
     requires: ClassVar[set[str]] = {"rewards", "values"}

@@ -38,9 +38,16 @@ class GRPOAdvantage:
     2025: A = r − mean(r_1..r_G)). ``leave_one_out`` replaces the group mean by the mean of the
     other G−1 completions (the RLOO baseline). ``clip`` clips advantages to [−clip, clip].
 
-    Groups must be whole within the batch; with ``scale="group"`` or ``leave_one_out`` a group
-    of one completion is an error. Metrics: ``adv/*``, ``reward/group_std_mean`` (mean over groups
-    of the group std), ``reward/zero_std_frac`` (fraction of groups whose rewards are all equal).
+    Peer conventions for the std epsilon: ``eps: 1e-6`` (default) is verl's ``grpo`` estimator
+    (``epsilon=1e-6``); ``eps: 1e-4`` is TRL's ``GRPOTrainer`` (``std + 1e-4``, with its
+    ``scale_rewards`` group/batch/none matching ``scale``).
+
+    Groups must be whole within the batch. A group of one: with ``scale="group"`` its mean is 0
+    and its std 1, so Â = R/(1+eps) (verl's convention); with ``leave_one_out`` its baseline is 0
+    (no other member); with ``scale`` ``none``/``batch`` its own mean gives Â = 0. Metrics:
+    ``adv/*``, ``reward/group_std_mean`` (mean over groups of the group std),
+    ``reward/zero_std_frac`` (fraction of groups whose rewards are all equal),
+    ``adv/single_groups`` (number of groups of one).
     """
 
     requires: ClassVar[set[str]] = {"rewards", "group_ids"}

@@ -124,6 +124,9 @@ class K3:
     Shapes: ``logprobs``, ``ref_logprobs`` [B,T] → [B,T].
     ``clamp``: clamp the log-ratio to [−clamp, clamp] before exponentiating (input clamping).
     ``clamp_output``: clamp the estimate to [−c, c] (verl's low-variance KL uses c = 10).
+    Peer conventions: both clamps are off by default, as in TRL's GRPO k3; verl's
+    ``low_var_kl``/``k3`` is ``clamp: 20, clamp_output: 10`` (releases before the log-ratio
+    clamp was added: ``clamp_output: 10`` alone).
 
     Used as a loss, ref_over_policy's expected gradient under π_θ is ∇KL(π_ref ‖ π_θ), the
     forward KL's, not the reverse KL's that k2 gives (derivation in tests/plugins/test_kl.py).

@@ -42,6 +42,9 @@ class PPOClip:
 
     Parameters: ``eps`` the symmetric clip range; ``eps_low`` / ``eps_high`` override its
     lower / upper side (each defaults to ``eps``); ``dual_clip`` the bound c (null: off).
+    Peer conventions: dual clip is off by default here and in TRL (whose GRPO ``delta``, default
+    None, is the same bound when δ > 1+ε_high: ``dual_clip: δ``); verl always applies it with
+    ``clip_ratio_c=3.0`` (``dual_clip: 3.0`` reproduces verl).
 
     Shapes: ``logprobs`` [B,T], ``batch.advantages`` [B,T] (``batch.old_logprobs`` [B,T] when
     off-policy) → ``loss`` [B,T], 0 on padding; the engine aggregates it.

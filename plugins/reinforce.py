@@ -1,7 +1,8 @@
 """REINFORCE advantages: return-to-go, with a learned baseline, and REINFORCE++.
 
 REINFORCE (Williams 1992; return-to-go G_t), REINFORCE with baseline (A_t = G_t − V(s_t);
-Sutton & Barto 2018, §13.4); REINFORCE++ (Hu 2025: group-mean baseline, then batch whitening).
+Sutton & Barto 2018, §13.4); REINFORCE++ (Hu 2025: return-to-go, optionally minus a group-mean
+baseline, then whitened over the whole batch).
 """
 from __future__ import annotations
 
@@ -69,31 +70,45 @@ class ReinforceBaselineAdvantage:
 
 
 class ReinforcePPAdvantage:
-    """REINFORCE++ with group baseline: whiten over the batch's tokens of G_t − group mean of R.
+    """REINFORCE++: whiten over the batch's tokens of G_t, optionally minus the group mean of R.
 
-    REINFORCE++ (Hu 2025) with an action-independent group baseline; G_t as in ``reinforce``:
+    REINFORCE++, Hu 2025 (arXiv:2501.03262): per-token return-to-go normalised over the global
+    batch, not per prompt; G_t as in ``reinforce``:
 
-        Â_{i,t} = whiten_{(j,s) valid}( G_{j,s} − mean_{k∈G(j)} R_k )_{i,t}
+        baseline="none":  Â_{i,t} = whiten_{(j,s) valid}( G_{j,s} )_{i,t}
+        baseline="group": Â_{i,t} = whiten_{(j,s) valid}( G_{j,s} − mean_{k∈G(j)} R_k )_{i,t}
 
-    where G_{i,t} = Σ_{k≥t} γ^{k−t} r_{i,k} with per-token rewards as in ``reinforce``,
-    mean_{k∈G(i)} R_k is the mean sequence reward ``batch.rewards`` of completion i's group
-    (``batch.group_ids``; the completion itself included), and whiten(x) = (x − μ)/sqrt(σ² + 1e-8)
-    with μ and the unbiased σ² taken over every valid token of the batch (token-weighted).
-    With γ = 1 and no token rewards, G_{i,t} = R_i at every token. Output: ``advantages`` [B,T]
-    and ``returns`` = G_t [B,T], both 0 on padding; ``clip`` clips the whitened advantages.
+    with G_{i,t} = Σ_{k≥t} γ^{k−t} r_{i,k} (a KL penalty in the token rewards gives the paper's
+    r − β Σ_{k≥t} KL_k), mean_{k∈G(i)} R_k the mean ``batch.rewards`` of completion i's group
+    (itself included, so a group of one is its own baseline), and whiten(x) = (x − μ)/sqrt(σ² +
+    1e-8) with μ and the unbiased σ² over every valid token of the batch. ``none`` is plain
+    REINFORCE++ (verl's ``reinforce_plus_plus``; ``group_ids`` unused); ``group`` is REINFORCE++
+    with baseline (verl's ``reinforce_plus_plus_baseline``, whose group of one has baseline 0).
+    Output: ``advantages`` [B,T] and ``returns`` = G_t [B,T], 0 on padding; ``clip`` clips the
+    whitened advantages. Metrics: ``adv/*``; with ``group`` also ``reward/group_std_mean``,
+    ``reward/zero_std_frac`` and ``adv/single_groups`` (as in ``grpo``).
     """
 
     requires: ClassVar[set[str]] = {"rewards", "group_ids"}
+    BASELINES: ClassVar[tuple[str, ...]] = ("group", "none")
 
-    def __init__(self, gamma: float = 1.0, clip: float | None = None):
+    def __init__(self, gamma: float = 1.0, clip: float | None = None, baseline: str = "group"):
+        if baseline not in self.BASELINES:
+            raise ValueError(
+                f"baseline must be one of {', '.join(self.BASELINES)} ('group': minus the group's mean "
+                f"reward; 'none': plain REINFORCE++), got {baseline!r}"
+            )
         self.gamma = check_unit("gamma", gamma)
         self.clip = check_clip(clip)
+        self.baseline = baseline
 
     def __call__(self, batch: RolloutBatch) -> AdvantageOutput:
         r, mask = token_rewards(batch, "reinforce_pp")
+        returns = discounted_returns(r, mask, self.gamma)
+        if self.baseline == "none":
+            return finish(masked_whiten(returns, mask), mask, self.clip, returns=returns)
         rewards = read(batch, "rewards", "reinforce_pp")
         groups = Groups(batch.group_ids)
-        returns = discounted_returns(r, mask, self.gamma)
         centred = (returns - groups.mean(rewards).unsqueeze(1)) * mask
         return finish(
             masked_whiten(centred, mask),

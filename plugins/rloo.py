@@ -17,10 +17,14 @@ class RLOOAdvantage:
 
         Â_{i,t} = R_i − (1/(G−1)) Σ_{j≠i} R_j
 
-    Inputs: ``batch.rewards`` [B], ``batch.group_ids`` [B] (any ids, any order, sizes ≥ 2),
+    Inputs: ``batch.rewards`` [B], ``batch.group_ids`` [B] (any ids, any order, any sizes),
     ``batch.mask`` [B,T]. Output: ``advantages`` [B,T] (0 on padding), no returns. The same
     computation as ``grpo`` with ``leave_one_out: true, scale: none``. ``clip`` clips advantages
-    to [−clip, clip]. Metrics as in ``grpo``.
+    to [−clip, clip]. Metrics as in ``grpo`` (``adv/single_groups`` counts groups of one).
+
+    A group of one has no other member, so no baseline exists: its baseline is 0 and Â = R,
+    plain REINFORCE for that completion. This follows verl's ``rloo`` estimator, which leaves
+    a lone completion's score unchanged.
     """
 
     requires: ClassVar[set[str]] = {"rewards", "group_ids"}

@@ -1,17 +1,22 @@
 """VinePPO: Monte Carlo value estimates per reasoning step, and k-step truncated returns.
 
 Kazemnejad et al. 2024, arXiv:2410.01679: Monte Carlo advantages (VinePPO Eq. 5–7) and
-k-step truncated returns (VinePPO Eq. 17).
+k-step truncated returns (VinePPO Eq. 17); the ``vine`` sampler estimates the Monte Carlo
+values V̂_MC of every reasoning step's start state (VinePPO §3) that ``vineppo`` reads.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import time
+from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
-from rlloom.kinds import AdvantageOutput
+from rlloom.errors import ConfigError, TrainingError
+from rlloom.kinds import AdvantageOutput, conform
+from rlloom.rollout import PromptBatch, SamplerContext
 from rlloom.algos.returns import (
     check_clip,
     check_unit,
@@ -108,6 +113,208 @@ class KStepAdvantage:
         return finish(returns - values, mask, self.clip, returns=returns)
 
 
+def reasoning_step_ends(completion_ids: Tensor, mask: Tensor, delimiter_ids: list[int]) -> Tensor:
+    """[B,T] long, 1 on the last token of every reasoning step, 0 elsewhere and on padding.
+
+    A step ends at the last token of each occurrence of the token sequence ``delimiter_ids``
+    among a row's real tokens (``mask`` 1, right-padded), and the last real token always ends
+    the row's last step.
+    """
+    real = mask > 0
+    n, width = len(delimiter_ids), completion_ids.shape[1]
+    ends = torch.zeros_like(real)
+    if 0 < n <= width:
+        windows = completion_ids.unfold(1, n, 1)  # [B, T−n+1, n]
+        ends[:, n - 1 :] = (windows == torch.tensor(delimiter_ids, dtype=completion_ids.dtype)).all(-1)
+    return ((ends & real) | (last_token(mask.long()) > 0)).long()
+
+
+class VineSampler:
+    """VinePPO sampler: Monte Carlo values V̂_MC of every reasoning step's start, from K continuations.
+
+    VinePPO, Kazemnejad et al. 2024, arXiv:2410.01679, §3, Eq. 5–7: the value of a state s (the
+    prompt x and the completion tokens before a reasoning step) is estimated by resetting the
+    generation to s and sampling K continuations with the current policy,
+
+        V̂_MC(s) = (1/K) Σ_{k=1}^{K} R(η_k),   η_k ~ π_θ(· | s),
+
+    where R(η_k) is the run's reward of the whole completion prefix(s) + η_k (the reward
+    functions see that text and the original row's columns, e.g. ``answer``). The ``vineppo``
+    advantage then gives step k the credit r_k + γV̂(s_{k+1}) − V̂(s_k), without a critic.
+
+    What it does: samples the batch with ``base`` and scores it (``ctx.score``); splits every
+    completion into reasoning steps at the tokens of ``delimiter`` (tokenized with
+    ``add_special_tokens=False``; a step ends at the last token of each delimiter occurrence,
+    and the last real token, EOS included, always ends the last step); takes the state at the
+    START of every step (step 0's state is the prompt itself, whose V̂ the first step's
+    advantage needs) and samples ``num_rollouts`` = K continuations of each through ``base``
+    (``num_generations=K``), scored with ``ctx.score``.
+
+    Output (a ``RolloutBatch`` as ``base`` returns it, plus): ``values`` [B,T] float, V̂_MC of
+    the state at the start of the step holding token t (constant within a step, 0 on padding);
+    ``step_ends`` [B,T] long, 1 on the last token of each step. Metrics (beside ``base``'s):
+    ``vine/continuations`` (continuations sampled), ``vine/states`` (distinct states
+    estimated), ``vine/steps_mean`` (steps per completion), ``vine/value_mean`` (mean V̂ over
+    the states), ``vine/time_s`` (seconds spent on continuations, a share of
+    ``time/sample_s``).
+
+    Choices:
+
+    - Batching: the states of the whole batch go to ``base`` as one left-padded
+      ``PromptBatch`` of prompt tokens + prefix tokens (built at token level, so the
+      continuation resumes exactly where the completion was; its ``texts`` are the prompts),
+      i.e. one ``base`` call and one ``ctx.score`` call for all states × K continuations;
+      ``max_states_per_call`` splits that into calls of at most that many states (memory).
+    - Identical states are estimated once: rows of one prompt (``group_ids``) share the
+      prompt state s_0, and any equal prefix; each such state gets K continuations and its
+      V̂ is shared (unbiased for each row, correlated across the rows sharing it).
+    - Continuation budget: every continuation gets ``base``'s ``max_new_tokens``, also from
+      a later state that has fewer tokens of the original budget left (simplest; a
+      continuation may so make the whole completion longer than the budget). The reward's
+      ``completion_lengths`` are of the whole completion, ``truncated`` is the
+      continuation's.
+    - ``base`` must return ``num_generations`` completions for every prompt it is given (a
+      plain sampler such as ``generate``; not a filtering one such as ``dynamic``);
+      otherwise a ``TrainingError`` says so.
+    """
+
+    nested_components = {"base": "sampler"}
+
+    def __init__(self, base: Any, num_rollouts: int = 4, delimiter: str = "\n", max_states_per_call: int | None = None):
+        if not callable(base):
+            raise ValueError(f"base must be a sampler (callable), got {type(base).__name__}")
+        if isinstance(num_rollouts, bool) or not isinstance(num_rollouts, int) or num_rollouts < 1:
+            raise ValueError(f"num_rollouts (K continuations per state) must be an integer >= 1, got {num_rollouts!r}")
+        if not isinstance(delimiter, str) or not delimiter:
+            raise ValueError(f"delimiter must be a non-empty string (the text ending a reasoning step), got {delimiter!r}")
+        if max_states_per_call is not None and (
+            isinstance(max_states_per_call, bool) or not isinstance(max_states_per_call, int) or max_states_per_call < 1
+        ):
+            raise ValueError(f"max_states_per_call must be an integer >= 1 or null (all states in one call), "
+                             f"got {max_states_per_call!r}")
+        self.base, self.num_rollouts, self.delimiter = base, num_rollouts, delimiter
+        self.max_states_per_call = max_states_per_call
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.base.max_new_tokens
+
+    @property
+    def temperature(self) -> float:
+        return self.base.temperature
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset(conform("sampler", self.base).provides) | {"values", "step_ends"}
+
+    def __call__(self, ctx: SamplerContext, prompts: PromptBatch, num_generations: int | None = None) -> RolloutBatch:
+        batch = self.base(ctx, prompts, num_generations)
+        if batch.rewards is None:
+            batch = ctx.score(batch)
+        start = time.perf_counter()
+        ends = reasoning_step_ends(batch.completion_ids, batch.mask, self._delimiter_ids(ctx.tokenizer))
+        real = batch.mask > 0
+        after_end = torch.cat([torch.ones_like(real[:, :1]), ends[:, :-1] > 0], dim=1)
+        step_index = ends.cumsum(1) - ends  # [B,T]: the step token t belongs to
+        positions = (real & after_end).nonzero().tolist()  # (row, first token) of every step
+        prompt_rows = [ids[m > 0].tolist() for ids, m in zip(batch.prompt_ids, batch.prompt_mask)]
+        completion_rows = batch.completion_ids.tolist()
+        distinct: dict[tuple, int] = {}
+        states: list[tuple[int, int]] = []  # (row, prefix length) of each distinct state
+        state_of = []
+        for b, s in positions:
+            key = (int(batch.group_ids[b]), tuple(prompt_rows[b]), tuple(completion_rows[b][:s]))
+            if key not in distinct:
+                distinct[key] = len(states)
+                states.append((b, s))
+            state_of.append(distinct[key])
+        v_states = self._estimate(ctx, batch, states, prompt_rows, completion_rows)
+        steps = int(ends.sum(1).max()) if len(batch) else 0
+        table = torch.zeros(len(batch), max(steps, 1))
+        if positions:
+            rows, first = torch.tensor(positions).T
+            table[rows, step_index[rows, first]] = v_states[torch.tensor(state_of)]
+        batch.values = table.gather(1, step_index.clamp(max=table.shape[1] - 1)) * real
+        batch.step_ends = ends
+        batch.metrics = {
+            **batch.metrics,
+            "vine/continuations": float(len(states) * self.num_rollouts),
+            "vine/states": float(len(states)),
+            "vine/steps_mean": float(ends.sum()) / max(len(batch), 1),
+            "vine/value_mean": float(v_states.mean()) if len(states) else 0.0,
+            "vine/time_s": time.perf_counter() - start,
+        }
+        return batch
+
+    def _delimiter_ids(self, tokenizer: Any) -> list[int]:
+        ids = list(tokenizer(self.delimiter, add_special_tokens=False)["input_ids"])
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if not ids or (unk is not None and unk in ids):
+            raise ConfigError(f"sampler.delimiter: {self.delimiter!r} is not in the tokenizer's vocabulary "
+                              f"(tokens {ids}), so no reasoning step could end at it")
+        return ids
+
+    def _estimate(self, ctx: SamplerContext, batch: RolloutBatch, states: list[tuple[int, int]],
+                  prompt_rows: list[list[int]], completion_rows: list[list[int]]) -> Tensor:
+        """V̂_MC [S] of the ``states`` (row, prefix length): the mean reward of K continuations."""
+        k, tok = self.num_rollouts, ctx.tokenizer
+        columns = {c: v for c, v in batch.columns.items() if not c.startswith("reward/")}
+        sums, counts = torch.zeros(len(states)), torch.zeros(len(states))
+        size = self.max_states_per_call or max(len(states), 1)
+        for lo in range(0, len(states), size):
+            chunk = states[lo : lo + size]
+            prefixes = [completion_rows[b][:s] for b, s in chunk]
+            source = [b for b, _ in chunk]
+            ids, attn = _pad([prompt_rows[b] + p for b, p in zip(source, prefixes)], tok.pad_token_id, left=True)
+            out = self.base(ctx, PromptBatch(
+                ids, attn, torch.arange(len(chunk)), [batch.prompts[b] for b in source],
+                {c: [v[b] for b in source] for c, v in columns.items()},
+            ), k)
+            state = out.group_ids.long()
+            if len(out) != len(chunk) * k or bool((torch.bincount(state, minlength=len(chunk)) != k).any()):
+                raise TrainingError(
+                    f"sampler 'vine': base {type(self.base).__name__} returned {len(out)} completions for "
+                    f"{len(chunk)} states × {k} continuations; base must return num_generations completions "
+                    f"per prompt (a plain sampler such as `generate`, not a filtering one)"
+                )
+            # The reward sees the whole completion: the state's prefix followed by the continuation.
+            tails = [ids_[m > 0].tolist() for ids_, m in zip(out.completion_ids, out.mask)]
+            full_ids, full_mask = _pad([prefixes[i] + t for i, t in zip(state.tolist(), tails)], tok.pad_token_id, left=False)
+            rows = torch.tensor(source)[state]
+            scored = ctx.score(RolloutBatch(
+                prompt_ids=batch.prompt_ids[rows],
+                prompt_mask=batch.prompt_mask[rows],
+                completion_ids=full_ids,
+                mask=full_mask,
+                group_ids=state,
+                prompts=[batch.prompts[b] for b in rows.tolist()],
+                completions=tok.batch_decode(full_ids, skip_special_tokens=True),
+                columns={c: [v[b] for b in rows.tolist()] for c, v in columns.items()},
+                truncated=out.truncated,
+            ))
+            sums[lo : lo + len(chunk)] += torch.zeros(len(chunk)).index_add_(0, state, scored.rewards.float())
+            counts[lo : lo + len(chunk)] += k
+        return sums / counts.clamp(min=1)
+
+
+def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[Tensor, Tensor]:
+    """Token rows as ids and attention mask [N, longest], padded on the left or the right."""
+    width = max([len(r) for r in rows] + [1])
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+    return ids, mask
+
+
 @hookimpl
 def rlloom_advantage():
     return {"vineppo": VinePPOAdvantage, "kstep": KStepAdvantage}
+
+
+@hookimpl
+def rlloom_sampler():
+    return {"vine": VineSampler}

@@ -7,6 +7,8 @@
   ``ratio/*`` and ``clip/*`` metrics every ratio-based loss reports.
 - ``rlloom.algos.reference``: ``FrozenCopy``, a gradient-free copy of the policy that
   reference-policy managers build on.
+- ``rlloom.algos.trust_region``: conjugate gradient and flat parameter vectors, for update
+  rules that solve with Fisher-vector products (TRPO).
 
 The names most plugins need are re-exported here.
 """
@@ -20,6 +22,7 @@ from rlloom.algos.ratio import (
     zero_padding,
 )
 from rlloom.algos.reference import FrozenCopy
+from rlloom.algos.trust_region import conjugate_gradient, flat, set_flat
 from rlloom.algos.returns import (
     Groups,
     check_clip,
@@ -41,8 +44,10 @@ __all__ = [
     "check_unit",
     "clip_metrics",
     "clipped_surrogate",
+    "conjugate_gradient",
     "discounted_returns",
     "finish",
+    "flat",
     "group_relative",
     "last_token",
     "log_ratio",
@@ -50,6 +55,7 @@ __all__ = [
     "ratio_metrics",
     "read",
     "read_mask",
+    "set_flat",
     "token_rewards",
     "zero_padding",
 ]

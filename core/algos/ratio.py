@@ -62,7 +62,8 @@ def ratio_metrics(ratio: Tensor, token_log_ratio: Tensor, mask: Tensor) -> dict[
     ``kl/old_approx`` is the non-negative k3 estimator (Schulman 2020, "Approximating KL
     divergence"): under tokens sampled from π_old, E[r − 1 − log r] = KL(π_old ‖ π_θ).
     ``ratio`` is the ratio the loss uses (the sequence ratio broadcast to tokens for GSPO); the
-    KL always uses the token log-ratio. With no valid token, min and max are 1 (the ratio on padding).
+    KL always uses the token log-ratio. With no valid token, min and max are 1 (the ratio on
+    padding).
     """
     valid = mask.bool()
     weights = mask.to(ratio.dtype)

@@ -97,16 +97,13 @@ def next_values(values: Tensor, mask: Tensor, shift: int = 1) -> Tensor:
 
 # ------------------------------------------------------------------ groups
 
-GROUP_OF_ONE = (
-    "group normalisation needs at least 2 completions per prompt; group {id} has 1 — "
-    "set sampler.num_generations >= 2"
-)
-
 
 class Groups:
     """The prompt groups of a batch, from ``group_ids`` [B] (any ids, any order, any sizes).
 
     Per-group statistics are returned per row ([B]), so each completion reads its own group's.
+    A group of one (a lone completion) has no other member to compare with; ``lone`` marks
+    its row and ``single_count`` counts such groups.
     """
 
     def __init__(self, group_ids: Tensor):
@@ -117,20 +114,23 @@ class Groups:
     def _sum(self, x: Tensor) -> Tensor:
         return torch.zeros(len(self.ids), dtype=x.dtype, device=x.device).index_add_(0, self.inverse, x)
 
-    def require_pairs(self) -> None:
-        """ValueError naming the first group with a single completion."""
-        single = (self.counts < 2).nonzero()
-        if len(single):
-            raise ValueError(GROUP_OF_ONE.format(id=self.ids[single[0, 0]].item()))
+    @property
+    def lone(self) -> Tensor:
+        """[B] bool: the row is the only completion of its group."""
+        return self.counts[self.inverse] == 1
+
+    def single_count(self, like: Tensor) -> Tensor:
+        """The number of groups of one, as a scalar in ``like``'s dtype (``adv/single_groups``)."""
+        return (self.counts == 1).sum().to(like.dtype)
 
     def mean(self, x: Tensor) -> Tensor:
         """mean over the row's group, [B] → [B]."""
         return (self._sum(x) / self.counts.to(x.dtype))[self.inverse]
 
     def leave_one_out_mean(self, x: Tensor) -> Tensor:
-        """(1/(G−1)) Σ_{j≠i} x_j over the row's group, [B] → [B] (needs G ≥ 2)."""
+        """(1/(G−1)) Σ_{j≠i} x_j over the row's group, [B] → [B]; 0 for a group of one (empty sum)."""
         total = self._sum(x)[self.inverse]
-        return (total - x) / (self.counts[self.inverse] - 1).to(x.dtype)
+        return (total - x) / (self.counts[self.inverse] - 1).clamp(min=1).to(x.dtype)
 
     def group_std(self, x: Tensor) -> Tensor:
         """Unbiased std of each group, [B] → [num_groups] (0 for a group of one)."""
@@ -146,9 +146,11 @@ class Groups:
         return high == low
 
     def reward_metrics(self, rewards: Tensor) -> dict[str, Tensor]:
+        """``reward/group_std_mean``, ``reward/zero_std_frac`` and ``adv/single_groups``."""
         return {
             "reward/group_std_mean": self.group_std(rewards).mean(),
             "reward/zero_std_frac": self.all_equal(rewards).to(rewards.dtype).mean(),
+            "adv/single_groups": self.single_count(rewards),
         }
 
 
@@ -170,13 +172,17 @@ def group_relative(
     unbiased std + eps (ProRL, Liu et al. 2025, Eq. 2; DAPO, Yu et al. 2025, Eq. 4/9), ``batch``
     by the unbiased std of every reward in the batch + eps, ``none`` does not divide (Dr. GRPO,
     Liu et al. 2025).
+
+    A group of one has no peers to form a baseline from: its baseline is 0 and, with
+    ``scale="group"``, its std is taken as 1, so it gets R (R/(1+eps)); verl's
+    ``compute_grpo_outcome_advantage`` and RLOO estimators treat it the same way.
     """
-    if scale == "group" or leave_one_out:
-        groups.require_pairs()
+    lone = groups.lone
     baseline = groups.leave_one_out_mean(rewards) if leave_one_out else groups.mean(rewards)
-    centred = rewards - baseline
+    centred = rewards - torch.where(lone, torch.zeros_like(baseline), baseline)
     if scale == "group":
-        return centred / (groups.group_std(rewards)[groups.inverse] + eps)
+        std = groups.group_std(rewards)[groups.inverse]
+        return centred / (torch.where(lone, torch.ones_like(std), std) + eps)
     if scale == "batch":
         return centred / (unbiased_std(rewards) + eps)
     return centred

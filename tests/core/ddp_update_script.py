@@ -2,7 +2,7 @@
 
 Run as ``python ddp_update_script.py OUT_FILE key=value ...`` (one process) or under
 ``accelerate launch --num_processes 2 --cpu`` (two). Writes the gradient the optimizer saw
-and the step's metrics from the main process.
+the parameters after the step, and the step's metrics from the main process.
 """
 import os
 import sys
@@ -40,9 +40,13 @@ def fixed_batch(trainer: Trainer, groups: int = 4, group_size: int = 4) -> Rollo
         truncated=truncated,
     )
     batch.rewards = torch.randn(n, generator=g)
-    batch.ref_logprobs, _, _ = trainer.mode._no_grad_pass(trainer.pipeline.online.ref_policy.model, batch)
-    with torch.no_grad():
-        batch.ref_logprobs -= 0.1 * torch.rand(batch.ref_logprobs.shape, generator=g) * batch.mask
+    online = trainer.pipeline.online
+    if online.ref_policy is not None:
+        batch.ref_logprobs, _, _ = trainer.mode._no_grad_pass(online.ref_policy.model, batch)
+        with torch.no_grad():
+            batch.ref_logprobs -= 0.1 * torch.rand(batch.ref_logprobs.shape, generator=g) * batch.mask
+    if online.off_policy:
+        batch.old_logprobs, _, _ = trainer.mode._no_grad_pass(trainer.runtime.model, batch)
     batch.advantages = trainer.pipeline.online.advantage(batch).advantages
     return batch
 
@@ -68,8 +72,9 @@ def main() -> None:
     max_len = trainer.pipeline.online.max_new_tokens
     optimizer_step(rt, mine, mine.mask, max_len, lambda b, s, idx: trainer.mode.loss(b, s, None, idx), acc)
     metrics = {**acc.reduce(), "world": rt.world}
+    params = {name: p.detach().clone() for name, p in rt.policy.named_parameters()}
     if rt.accelerator.is_main_process:
-        torch.save({"grads": grads, "metrics": metrics}, out)
+        torch.save({"grads": grads, "params": params, "metrics": metrics}, out)
     rt.accelerator.wait_for_everyone()
     rt.accelerator.end_training()
 

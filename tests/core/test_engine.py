@@ -11,15 +11,18 @@ from rlloom import hookimpl
 from rlloom.cli import main
 from rlloom.config import PRESET_DIR, load_config
 from rlloom.engine import Trainer, run
-from rlloom.errors import ConfigError, DataError, RewardError, TrainingError
+from rlloom.errors import DataError, RewardError, TrainingError
 from rlloom.registry import get_plugin_manager, make_plugin_manager
 
-RL_PRESETS = ["grpo", "dapo", "dr_grpo", "rloo", "prorl", "ppo", "reinforce", "reinforce_baseline", "quickstart"]
+RL_PRESETS = [
+    "grpo", "dapo", "dr_grpo", "rloo", "prorl", "ppo", "reinforce", "reinforce_baseline", "quickstart", "vineppo",
+]
 
 
 def _sampler(name):
-    # dynamic sampling wraps the generate sampler under `base`
-    return "sampler.base" if name == "dapo" else "sampler"
+    # dynamic sampling (dapo) and the Monte Carlo value sampler (vineppo) wrap the generate
+    # sampler under `base`
+    return "sampler.base" if name in ("dapo", "vineppo") else "sampler"
 
 
 @pytest.mark.parametrize("preset", RL_PRESETS)
@@ -150,10 +153,13 @@ def test_reward_with_wrong_length_is_named(tiny, tmp_path, monkeypatch):
         Trainer(cfg).train()
 
 
-def test_group_size_one_with_group_normalisation_is_refused(tiny):
+def test_group_size_one_with_group_normalisation_trains_and_counts_groups_of_one(tiny):
+    # One completion per prompt: every group is a group of one, which gets mean 0 and std 1
+    # (verl's convention) instead of an error; adv/single_groups counts them (4 prompts a step).
     cfg = load_config(PRESET_DIR / "grpo.yaml", [*tiny, "sampler.num_generations=1", "trainer.eval_every=0"])
-    with pytest.raises(ConfigError, match="num_generations >= 2"):
-        Trainer(cfg).train()
+    metrics = Trainer(cfg).train()
+    assert metrics["adv/single_groups"] == 4
+    assert math.isfinite(metrics["loss/total"])
 
 
 class _NaNLoss:
@@ -183,6 +189,6 @@ def test_non_finite_loss_stops_the_step(tiny):
 
 
 def test_cli_train_reports_bad_input_without_traceback(tiny, capsys):
-    code = main(["train", str(PRESET_DIR / "grpo.yaml"), *tiny, "sampler.num_generations=1", "trainer.eval_every=0"])
+    code = main(["train", str(PRESET_DIR / "grpo.yaml"), *tiny, "advantage.scale=std", "trainer.eval_every=0"])
     err = capsys.readouterr().err
-    assert code == 2 and "num_generations >= 2" in err and "Traceback" not in err
+    assert code == 2 and "scale must be one of group, batch, none" in err and "Traceback" not in err

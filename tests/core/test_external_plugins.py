@@ -51,15 +51,18 @@ def test_contrib_advantage_values_by_hand(installed_contrib):
         import torch
         from rlloom_median_baseline import MedianBaseline
 
-        from rlloom.testing import rollout_batch
+        from rlloom.testing import check_component, rollout_batch
 
         # group 0 rewards [0, 1, 10] -> median 1 -> [-1, 0, 9]; group 1 [2, 4] -> median 3 -> [-1, 1]
         rewards = torch.tensor([0.0, 1.0, 10.0, 2.0, 4.0])
         mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1], [1, 0]])
         batch = rollout_batch(mask, group_ids=[0, 0, 0, 1, 1], rewards=rewards)
-        adv = MedianBaseline()(batch).advantages
-        expected = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [9.0, 9.0], [-1.0, -1.0], [1.0, 0.0]])
-        assert torch.equal(adv, expected)
+        out = MedianBaseline()(batch)
+        expected = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [9.0, 9.0], [-1.0, -1.0], [1.0, 1.0]])
+        assert torch.equal(out.advantages, expected * mask)
+        # adv/mean over the 8 real tokens, like every builtin: (-2 + 0 + 18 - 2 + 1) / 8
+        assert out.metrics["adv/mean"].item() == pytest.approx(15 / 8)
+        assert check_component("advantage", MedianBaseline()).requires == {"rewards", "group_ids"}
     finally:
         sys.path.remove(str(installed_contrib))
 

@@ -14,7 +14,7 @@ from rlloom.engine import Trainer
 from rlloom.errors import DataError
 from rlloom.models import char_tokenizer
 
-LOSSES = ["dpo", "ipo", "hinge", "robust", "rdpo"]
+LOSSES = ["dpo", "ipo", "hinge", "robust", "cdpo"]
 NUM_TRAIN, NUM_TEST = 24, 6
 
 

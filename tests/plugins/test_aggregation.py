@@ -10,7 +10,14 @@ from rlloom.plugins.aggregation import (
 )
 from rlloom.registry import get_registry
 
-ALL = [TokenMean(), SeqMeanTokenMean(), SeqMeanTokenSum(), SeqMeanTokenSumNorm(), SeqMeanTokenSumNorm(max_len=7)]
+ALL = [
+    TokenMean(),
+    SeqMeanTokenMean(),
+    SeqMeanTokenSum(),
+    SeqMeanTokenSumNorm(),
+    SeqMeanTokenSumNorm(max_len=7),
+    SeqMeanTokenSumNorm(divide_by_sequences=False),
+]
 
 # Two rows of lengths 4 and 2; the padding carries a loss of 9 that must never count.
 LOSS = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 9.0, 9.0]])
@@ -64,6 +71,17 @@ def test_seq_mean_token_sum_norm_hand():
     assert SeqMeanTokenSumNorm(max_len=7)(LOSS, MASK, SCOPE).item() == pytest.approx(1.5)
 
 
+def test_seq_mean_token_sum_norm_without_sequence_mean_hand():
+    # divide_by_sequences=False (verl's agg_loss before Dec 2025): 21 / L = 21/4 = 5.25, i.e. the
+    # default's 2.625 times the 2 sequences; with max_len=7: 21/7 = 3.0. TRL's dr_grpo divides
+    # by sequences · max_completion_length: 21 / (2·4) = 2.625, the default.
+    assert SeqMeanTokenSumNorm(divide_by_sequences=False)(LOSS, MASK, SCOPE).item() == pytest.approx(5.25)
+    assert SeqMeanTokenSumNorm(max_len=7, divide_by_sequences=False)(LOSS, MASK, SCOPE).item() == pytest.approx(3.0)
+    # The sequence count of the scope no longer matters.
+    many = AggregationScope(total_tokens=6, total_sequences=50, max_len=4)
+    assert SeqMeanTokenSumNorm(divide_by_sequences=False)(LOSS, MASK, many).item() == pytest.approx(5.25)
+
+
 @pytest.mark.parametrize("agg", ALL)
 def test_empty_row_contributes_zero(agg):
     # Add a row with an all-zero mask (and a non-zero loss): the shares are unchanged.
@@ -95,7 +113,7 @@ def test_bool_mask_and_tensor_counts(agg):
     assert out.item() == pytest.approx(agg(LOSS, MASK, SCOPE).item())
 
 
-def whole_batch_loop(name, loss, mask, max_len):
+def whole_batch_loop(name, loss, mask, max_len, divide_by_sequences=True):
     """The one-big-batch aggregate by plain loops over rows and tokens (rows counted as sequences)."""
     rows = [[(loss[i, t].item(), mask[i, t].item()) for t in range(loss.shape[1])] for i in range(loss.shape[0])]
     sums = [sum(v * m for v, m in row) for row in rows]
@@ -107,7 +125,7 @@ def whole_batch_loop(name, loss, mask, max_len):
         return sum(s / ln for s, ln in zip(sums, lens) if ln > 0) / n
     if name == "SeqMeanTokenSum":
         return sum(sums) / n
-    return sum(sums) / (n * max_len)
+    return sum(sums) / ((n if divide_by_sequences else 1) * max_len)
 
 
 @pytest.mark.parametrize("agg", ALL)
@@ -121,7 +139,10 @@ def test_microbatch_shares_sum_to_whole_batch(agg):
 
     whole = agg(loss, mask, scope)
     max_len = agg.max_len if getattr(agg, "max_len", None) else T
-    assert whole.item() == pytest.approx(whole_batch_loop(type(agg).__name__, loss, mask, max_len), rel=1e-5)
+    by_seq = getattr(agg, "divide_by_sequences", True)
+    assert whole.item() == pytest.approx(
+        whole_batch_loop(type(agg).__name__, loss, mask, max_len, by_seq), rel=1e-5
+    )
 
     # 4 microbatches of 2 rows, each normalised by the counts of the whole step.
     leaf = loss.clone().requires_grad_(True)
@@ -142,11 +163,13 @@ def test_gradient_weights_by_hand():
     #   seq_mean_token_mean:  1/(2·4) = 1/8 on row 0, 1/(2·2) = 1/4 on row 1
     #   seq_mean_token_sum:   1/2 everywhere real
     #   seq_mean_token_sum_norm (L = 4): 1/(2·4) = 1/8 everywhere real
+    #   seq_mean_token_sum_norm, divide_by_sequences=False: 1/4 everywhere real
     expected = {
         TokenMean(): MASK / 6,
         SeqMeanTokenMean(): torch.tensor([[1 / 8] * 4, [1 / 4, 1 / 4, 0, 0]]),
         SeqMeanTokenSum(): MASK / 2,
         SeqMeanTokenSumNorm(): MASK / 8,
+        SeqMeanTokenSumNorm(divide_by_sequences=False): MASK / 4,
     }
     for agg, grad in expected.items():
         loss = LOSS.clone().requires_grad_(True)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlloom.batch import PreferenceBatch
+from rlloom.errors import RegistryError
 from rlloom.plugins.dpo import IPO, ConservativeDPO, Hinge, RobustDPO, SigmoidDPO
 from rlloom.registry import get_registry
 
@@ -158,11 +159,17 @@ def test_hinge_hand_values():
     assert per_pair(Hinge(beta=10.0)(make_logprobs(), make_batch())) == pytest.approx([0.0, 0.0])
 
 
-def test_robust_and_rdpo_hand_values():
+def test_cdpo_and_robust_hand_values():
+    # cdpo (Mitchell 2023): −(1−ε) log σ(βh) − ε log σ(−βh); robust (rDPO, Chowdhury et al. 2024):
+    # ((1−ε)·(−log σ(βh)) − ε·(−log σ(−βh))) / (1 − 2ε); both from the plain-Python margins h.
     eps = 0.2
     h = margins()
     conservative = [-(1 - eps) * log_sigmoid(BETA * x) - eps * log_sigmoid(-BETA * x) for x in h]
     unbiased = [((1 - eps) * -log_sigmoid(BETA * x) - eps * -log_sigmoid(-BETA * x)) / (1 - 2 * eps) for x in h]
+    # Pair 0 by hand: βh = 0.1, −log σ(0.1) = 0.644397, −log σ(−0.1) = 0.744397;
+    # cdpo = 0.8·0.644397 + 0.2·0.744397 = 0.664397, robust = (0.515517 − 0.148879)/0.6 = 0.611063.
+    assert conservative[0] == pytest.approx(0.664397, abs=1e-6)
+    assert unbiased[0] == pytest.approx(0.611063, abs=1e-6)
     out = ConservativeDPO(beta=BETA, label_smoothing=eps)(make_logprobs(), make_batch())
     assert per_pair(out) == pytest.approx(conservative)
     out = RobustDPO(beta=BETA, label_smoothing=eps)(make_logprobs(), make_batch())
@@ -219,9 +226,12 @@ def test_wrong_logprob_rows_raise():
 
 def test_registered():
     registry = get_registry()
-    expected = {"dpo": SigmoidDPO, "ipo": IPO, "hinge": Hinge, "robust": ConservativeDPO, "rdpo": RobustDPO}
+    # The field's names: ``robust`` is rDPO (TRL's loss_type="robust"), ``cdpo`` conservative DPO.
+    expected = {"dpo": SigmoidDPO, "ipo": IPO, "hinge": Hinge, "robust": RobustDPO, "cdpo": ConservativeDPO}
     for name, cls in expected.items():
         assert registry.get("policy_loss", name).factory is cls
+    with pytest.raises(RegistryError):
+        registry.get("policy_loss", "rdpo")
 
 
 @pytest.mark.parametrize(

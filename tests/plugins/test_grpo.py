@@ -71,16 +71,36 @@ def test_leave_one_out_by_hand():
     torch.testing.assert_close(out.advantages[:, 0], expected, atol=1e-6, rtol=0)
 
 
-def test_group_of_one_is_an_error_when_it_needs_pairs():
-    batch = make_batch([1.0, 0.0, 5.0], [[1]] * 3, [4, 4, 9])
-    message = r"at least 2 completions per prompt; group 9 has 1 — set sampler.num_generations >= 2"
-    with pytest.raises(ValueError, match=message):
-        GRPOAdvantage()(batch)
-    with pytest.raises(ValueError, match=message):
-        GRPOAdvantage(scale="none", leave_one_out=True)(batch)
-    # without a division by the group std a single completion is its own mean: advantage 0
-    assert GRPOAdvantage(scale="none")(batch).advantages[2, 0] == 0
-    assert GRPOAdvantage(scale="batch")(batch).advantages[2, 0] == 0
+def test_group_of_one_has_a_defined_advantage_and_is_counted():
+    # Group 4 = rows 0,1 with rewards [1, 0]: mean 0.5, unbiased std sqrt(0.5) = 0.70711.
+    # Group 9 = row 2 alone with reward 5.
+    batch = make_batch([1.0, 0.0, 5.0], [[1, 1]] * 3, [4, 4, 9])
+    s = math.sqrt(0.5)
+    # scale=group: the lone row takes baseline 0 and std 1 (verl's convention) → 5/(1 + eps).
+    out = GRPOAdvantage()(batch)
+    expected = torch.tensor([0.5 / (s + 1e-6), -0.5 / (s + 1e-6), 5.0 / (1 + 1e-6)], dtype=torch.float64)
+    torch.testing.assert_close(out.advantages[:, 0], expected)
+    assert out.metrics["adv/single_groups"].item() == 1
+    # leave-one-out: the pair gives 1 − 0 = 1 and 0 − 1 = −1; the lone row has no other member,
+    # baseline 0 → 5; with scale=group (eps 0) the pair is divided by 0.70711 and the lone row by 1.
+    out = GRPOAdvantage(scale="none", leave_one_out=True)(batch)
+    torch.testing.assert_close(out.advantages[:, 0], torch.tensor([1.0, -1.0, 5.0], dtype=torch.float64))
+    out = GRPOAdvantage(scale="group", eps=0.0, leave_one_out=True)(batch)
+    torch.testing.assert_close(out.advantages[:, 0], torch.tensor([1 / s, -1 / s, 5.0], dtype=torch.float64))
+    # the lone row's baseline is 0 whatever the scale: none → 5; batch → 5 / (std of all rewards
+    # + eps), rewards [1, 0, 5]: mean 2, squared deviations 1 + 4 + 9 = 14, unbiased var 7
+    assert GRPOAdvantage(scale="none")(batch).advantages[2, 0] == 5
+    torch.testing.assert_close(GRPOAdvantage(scale="batch")(batch).advantages[2, 0],
+                               torch.tensor(5 / (math.sqrt(7) + 1e-6), dtype=torch.float64))
+    assert GroupMeanAdvantage()(batch).metrics["adv/single_groups"].item() == 1
+
+
+def test_single_groups_metric_counts_groups_of_one():
+    # groups: 0 → rows 0,3; 1 → row 1 alone; 2 → row 2 alone; 5 → row 4 alone: three groups of one
+    batch = make_batch([1.0, 2.0, 3.0, 0.0, 4.0], [[1]] * 5, [0, 1, 2, 0, 5])
+    assert GRPOAdvantage()(batch).metrics["adv/single_groups"].item() == 3
+    batch = make_batch([1.0, 0.0, 0.0, 1.0], [[1]] * 4, [0, 0, 0, 0])
+    assert GRPOAdvantage()(batch).metrics["adv/single_groups"].item() == 0
 
 
 def test_equal_rewards_give_zero_not_nan():

@@ -91,6 +91,46 @@ def test_reinforce_pp_is_whitened():
     assert (adv[~mask.bool()] == 0).all()
 
 
+def test_reinforce_pp_without_baseline_by_hand():
+    # Plain REINFORCE++: whiten the return-to-go itself, no group mean. Returns as in
+    # test_return_to_go_by_hand (γ = 0.5): row 0 [0.4, 0.6, 1.2], row 1 [2.0]. The 4 valid
+    # tokens have mean 4.2/4 = 1.05, deviations [−0.65, −0.45, 0.15, 0.95], squares summing to
+    # 1.55, unbiased var 1.55/3 = 0.516667, std 0.718795 → [−0.904291, −0.626048, 0.208683, 1.321656].
+    batch = make_batch(
+        [1.0, 2.0],
+        [[1, 1, 1, 0], [1, 0, 0, 0]],
+        token_rewards=[[0.1, 0.0, 0.2, 5.0], [0.0, 0.0, 0.0, 0.0]],
+    )
+    out = ReinforcePPAdvantage(gamma=0.5, baseline="none")(batch)
+    expected = torch.tensor(
+        [[-0.904291, -0.626048, 0.208683, 0.0], [1.321656, 0.0, 0.0, 0.0]], dtype=F64
+    )
+    torch.testing.assert_close(out.advantages, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.returns, torch.tensor([[0.4, 0.6, 1.2, 0.0], [2.0, 0.0, 0.0, 0.0]], dtype=F64))
+    # group_ids are not needed (None here) and no group metrics are reported
+    assert "adv/single_groups" not in out.metrics
+
+
+def test_reinforce_pp_baseline_none_ignores_groups_and_group_subtracts_them():
+    # One sequence reward per row, γ = 1: G = R on every token. Rows 0,1 share group 0 (R 3, 1;
+    # mean 2), row 2 is alone (R 0). "none" whitens [3, 3, 1, 0] (row lengths 2, 1, 1);
+    # "group" whitens [1, 1, −1, 0] (the lone row is its own mean).
+    batch = make_batch([3.0, 1.0, 0.0], [[1, 1], [1, 0], [1, 0]], group_ids=[0, 0, 7])
+    none = ReinforcePPAdvantage(baseline="none")(batch)
+    group = ReinforcePPAdvantage(baseline="group")(batch)
+    for out, tokens in ((none, [3.0, 3.0, 1.0, 0.0]), (group, [1.0, 1.0, -1.0, 0.0])):
+        mu, sd = statistics.mean(tokens), statistics.stdev(tokens)
+        w = [(x - mu) / sd for x in tokens]
+        expected = torch.tensor([[w[0], w[1]], [w[2], 0.0], [w[3], 0.0]], dtype=F64)
+        torch.testing.assert_close(out.advantages, expected, atol=1e-6, rtol=1e-6)
+    assert group.metrics["adv/single_groups"].item() == 1
+
+
+def test_reinforce_pp_bad_baseline():
+    with pytest.raises(ValueError, match=r"baseline must be one of group, none.*got 'mean'"):
+        ReinforcePPAdvantage(baseline="mean")
+
+
 def test_clip():
     batch = make_batch([3.0, -3.0], [[1, 1], [1, 0]])
     out = ReinforceAdvantage(clip=2.0)(batch)

@@ -6,6 +6,7 @@ import torch
 from rlloom.errors import DataError
 from rlloom.plugins.rewards import AnswerEquivalence, ExactMatch, Format, Python, RewardModel
 from rlloom.registry import get_registry
+from rlloom.testing import check_component
 
 
 def test_registered():
@@ -156,6 +157,7 @@ def _own_score(model, vocab, text, label):
 def test_reward_model(tmp_path):
     model, vocab = _save_tiny_reward_model(tmp_path / "rm")
     reward = RewardModel(str(tmp_path / "rm"), batch_size=2, label_index=1, device="cpu")
+    check_component("reward", reward)
     assert reward.model is None  # loaded on the first call
     prompts = ["ab", "c", "ddd", "e j"]
     completions = ["cd", "efghij", "", " a"]

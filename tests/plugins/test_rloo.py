@@ -36,10 +36,13 @@ def test_equals_grpo_leave_one_out_and_scaled_group_mean():
         assert rloo[i, 0].item() == pytest.approx(4 / 3 * (rewards[i] - same.mean()).item())
 
 
-def test_group_of_one_is_an_error():
-    batch = make_batch([1.0, 0.0, 1.0], [[1]] * 3, [2, 0, 0])
-    with pytest.raises(ValueError, match="group 2 has 1"):
-        RLOOAdvantage()(batch)
+def test_group_of_one_gets_its_reward_and_is_counted():
+    # group 0 = rows 1,2 with rewards [0, 1] → 0 − 1 = −1, 1 − 0 = 1; group 2 = row 0 alone:
+    # no other member, baseline 0 (verl's rloo leaves a lone score unchanged) → 1
+    batch = make_batch([1.0, 0.0, 1.0], [[1, 1]] * 3, [2, 0, 0])
+    out = RLOOAdvantage()(batch)
+    torch.testing.assert_close(out.advantages[:, 0], torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
+    assert out.metrics["adv/single_groups"].item() == 1
 
 
 def test_clip():
