@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from rlloom.batch import RolloutBatch
+from rlloom.kinds import conform
 
 
 @dataclass
@@ -38,6 +39,29 @@ class SamplerContext:
     tokenizer: Any
     score: Callable[[RolloutBatch], RolloutBatch]
     next_prompts: Callable[[], PromptBatch]
+
+
+class WrappingSampler:
+    """Base of samplers that wrap another sampler, ``base`` (a nested component in the config:
+    ``sampler: {name: dynamic, base: {name: generate, ...}}``): the base's temperature,
+    generation budget and provided fields pass through; a subclass adds what it provides."""
+
+    nested_components = {"base": "sampler"}
+
+    def __init__(self, base: Any):
+        self.base = base
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.base.max_new_tokens
+
+    @property
+    def temperature(self) -> float:
+        return self.base.temperature
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return frozenset(conform("sampler", self.base).provides)
 
 
 def encode_prompts(tokenizer, texts: list[str], group_ids: list[int], columns: dict[str, list]) -> PromptBatch:

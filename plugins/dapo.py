@@ -16,9 +16,8 @@ import torch
 
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
-from rlloom.kinds import conform
 from rlloom.rewarding import column
-from rlloom.rollout import PromptBatch, SamplerContext, concat_rollouts
+from rlloom.rollout import PromptBatch, SamplerContext, WrappingSampler, concat_rollouts
 
 
 class Overlong:
@@ -50,7 +49,7 @@ class Overlong:
         ]
 
 
-class DynamicSampling:
+class DynamicSampling(WrappingSampler):
     """DAPO dynamic sampling: keep only prompts whose G rewards are not all equal.
 
     DAPO, Yu et al. 2025, Eq. 8: 0 < |{o_i : is_equivalent(a, o_i)}| < G. A group whose
@@ -64,24 +63,11 @@ class DynamicSampling:
     ``filter/batches``.
     """
 
-    nested_components = {"base": "sampler"}
-
     def __init__(self, base: Any, max_batches: int = 3):
         if max_batches < 1:
             raise ValueError(f"max_batches must be >= 1, got {max_batches}")
-        self.base, self.max_batches = base, max_batches
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.base.max_new_tokens
-
-    @property
-    def temperature(self) -> float:
-        return self.base.temperature
-
-    @property
-    def provides(self) -> frozenset[str]:
-        return frozenset(conform("sampler", self.base).provides)
+        super().__init__(base)
+        self.max_batches = max_batches
 
     def __call__(self, ctx: SamplerContext, prompts: PromptBatch, num_generations: int | None = None) -> RolloutBatch:
         wanted = len(prompts)

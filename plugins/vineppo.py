@@ -15,8 +15,8 @@ from torch import Tensor
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.errors import ConfigError, TrainingError
-from rlloom.kinds import AdvantageOutput, conform
-from rlloom.rollout import PromptBatch, SamplerContext
+from rlloom.kinds import AdvantageOutput
+from rlloom.rollout import PromptBatch, SamplerContext, WrappingSampler
 from rlloom.algos.returns import (
     check_clip,
     check_unit,
@@ -129,56 +129,27 @@ def reasoning_step_ends(completion_ids: Tensor, mask: Tensor, delimiter_ids: lis
     return ((ends & real) | (last_token(mask.long()) > 0)).long()
 
 
-class VineSampler:
+class VineSampler(WrappingSampler):
     """VinePPO sampler: Monte Carlo values V̂_MC of every reasoning step's start, from K continuations.
 
-    VinePPO, Kazemnejad et al. 2024, arXiv:2410.01679, §3, Eq. 5–7: the value of a state s (the
-    prompt x and the completion tokens before a reasoning step) is estimated by resetting the
-    generation to s and sampling K continuations with the current policy,
+    VinePPO, Kazemnejad et al. 2024, Eq. 5–7: V̂_MC(s) = (1/K) Σ_k R(η_k), η_k ~ π_θ(·|s), where s
+    is the prompt plus the completion tokens before a step and R scores prefix(s) + η_k with the
+    run's rewards (and the row's columns, e.g. ``answer``). Wraps ``base``: samples and scores
+    the batch, splits each completion at the ``delimiter`` tokens (the last real token always
+    ends the last step), and samples ``num_rollouts`` = K continuations of every step's start
+    state (the prompt is step 0's) through ``base`` with ``num_generations=K``.
 
-        V̂_MC(s) = (1/K) Σ_{k=1}^{K} R(η_k),   η_k ~ π_θ(· | s),
+    Output, beside ``base``'s fields: ``values`` [B,T], V̂_MC of the start of the step holding
+    token t (constant within a step, 0 on padding); ``step_ends`` [B,T], 1 on each step's last
+    token. Metrics: ``vine/continuations``, ``vine/states``, ``vine/steps_mean``,
+    ``vine/value_mean``, ``vine/time_s`` (a share of ``time/sample_s``).
 
-    where R(η_k) is the run's reward of the whole completion prefix(s) + η_k (the reward
-    functions see that text and the original row's columns, e.g. ``answer``). The ``vineppo``
-    advantage then gives step k the credit r_k + γV̂(s_{k+1}) − V̂(s_k), without a critic.
-
-    What it does: samples the batch with ``base`` and scores it (``ctx.score``); splits every
-    completion into reasoning steps at the tokens of ``delimiter`` (tokenized with
-    ``add_special_tokens=False``; a step ends at the last token of each delimiter occurrence,
-    and the last real token, EOS included, always ends the last step); takes the state at the
-    START of every step (step 0's state is the prompt itself, whose V̂ the first step's
-    advantage needs) and samples ``num_rollouts`` = K continuations of each through ``base``
-    (``num_generations=K``), scored with ``ctx.score``.
-
-    Output (a ``RolloutBatch`` as ``base`` returns it, plus): ``values`` [B,T] float, V̂_MC of
-    the state at the start of the step holding token t (constant within a step, 0 on padding);
-    ``step_ends`` [B,T] long, 1 on the last token of each step. Metrics (beside ``base``'s):
-    ``vine/continuations`` (continuations sampled), ``vine/states`` (distinct states
-    estimated), ``vine/steps_mean`` (steps per completion), ``vine/value_mean`` (mean V̂ over
-    the states), ``vine/time_s`` (seconds spent on continuations, a share of
-    ``time/sample_s``).
-
-    Choices:
-
-    - Batching: the states of the whole batch go to ``base`` as one left-padded
-      ``PromptBatch`` of prompt tokens + prefix tokens (built at token level, so the
-      continuation resumes exactly where the completion was; its ``texts`` are the prompts),
-      i.e. one ``base`` call and one ``ctx.score`` call for all states × K continuations;
-      ``max_states_per_call`` splits that into calls of at most that many states (memory).
-    - Identical states are estimated once: rows of one prompt (``group_ids``) share the
-      prompt state s_0, and any equal prefix; each such state gets K continuations and its
-      V̂ is shared (unbiased for each row, correlated across the rows sharing it).
-    - Continuation budget: every continuation gets ``base``'s ``max_new_tokens``, also from
-      a later state that has fewer tokens of the original budget left (simplest; a
-      continuation may so make the whole completion longer than the budget). The reward's
-      ``completion_lengths`` are of the whole completion, ``truncated`` is the
-      continuation's.
-    - ``base`` must return ``num_generations`` completions for every prompt it is given (a
-      plain sampler such as ``generate``; not a filtering one such as ``dynamic``);
-      otherwise a ``TrainingError`` says so.
+    All states of the batch go to ``base`` in one left-padded call at token level (at most
+    ``max_states_per_call`` states a call when set); identical states (a prompt shared by its
+    group, equal prefixes) are estimated once and share V̂. Every continuation gets ``base``'s
+    ``max_new_tokens``, also from a later state. ``base`` must return K completions per state
+    (``generate``, not a filtering sampler), else a ``TrainingError``.
     """
-
-    nested_components = {"base": "sampler"}
 
     def __init__(self, base: Any, num_rollouts: int = 4, delimiter: str = "\n", max_states_per_call: int | None = None):
         if not callable(base):
@@ -186,26 +157,20 @@ class VineSampler:
         if isinstance(num_rollouts, bool) or not isinstance(num_rollouts, int) or num_rollouts < 1:
             raise ValueError(f"num_rollouts (K continuations per state) must be an integer >= 1, got {num_rollouts!r}")
         if not isinstance(delimiter, str) or not delimiter:
-            raise ValueError(f"delimiter must be a non-empty string (the text ending a reasoning step), got {delimiter!r}")
+            raise ValueError(f"delimiter must be a non-empty string (the text ending a reasoning step), "
+                             f"got {delimiter!r}")
         if max_states_per_call is not None and (
             isinstance(max_states_per_call, bool) or not isinstance(max_states_per_call, int) or max_states_per_call < 1
         ):
             raise ValueError(f"max_states_per_call must be an integer >= 1 or null (all states in one call), "
                              f"got {max_states_per_call!r}")
-        self.base, self.num_rollouts, self.delimiter = base, num_rollouts, delimiter
+        super().__init__(base)
+        self.num_rollouts, self.delimiter = num_rollouts, delimiter
         self.max_states_per_call = max_states_per_call
 
     @property
-    def max_new_tokens(self) -> int:
-        return self.base.max_new_tokens
-
-    @property
-    def temperature(self) -> float:
-        return self.base.temperature
-
-    @property
     def provides(self) -> frozenset[str]:
-        return frozenset(conform("sampler", self.base).provides) | {"values", "step_ends"}
+        return super().provides | {"values", "step_ends"}
 
     def __call__(self, ctx: SamplerContext, prompts: PromptBatch, num_generations: int | None = None) -> RolloutBatch:
         batch = self.base(ctx, prompts, num_generations)
@@ -279,7 +244,8 @@ class VineSampler:
                 )
             # The reward sees the whole completion: the state's prefix followed by the continuation.
             tails = [ids_[m > 0].tolist() for ids_, m in zip(out.completion_ids, out.mask)]
-            full_ids, full_mask = _pad([prefixes[i] + t for i, t in zip(state.tolist(), tails)], tok.pad_token_id, left=False)
+            full = [prefixes[i] + t for i, t in zip(state.tolist(), tails)]
+            full_ids, full_mask = _pad(full, tok.pad_token_id, left=False)
             rows = torch.tensor(source)[state]
             scored = ctx.score(RolloutBatch(
                 prompt_ids=batch.prompt_ids[rows],

@@ -16,6 +16,7 @@ from rlloom.registry import get_plugin_manager, make_plugin_manager
 
 RL_PRESETS = [
     "grpo", "dapo", "dr_grpo", "rloo", "prorl", "ppo", "reinforce", "reinforce_baseline", "quickstart", "vineppo",
+    "trpo",
 ]
 
 

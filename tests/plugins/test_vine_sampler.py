@@ -147,7 +147,8 @@ def test_values_constant_within_steps_and_step_ends_mark_delimiters():
     nl = TOK("\n", add_special_tokens=False)["input_ids"][0]
     real = batch.mask > 0
     # step_ends: 1 on every "\n" and on the last real token (EOS), nothing on padding
-    expected_ends = ((batch.completion_ids == nl) & real) | (torch.arange(batch.mask.shape[1]) == batch.mask.sum(1, keepdim=True) - 1)
+    last = torch.arange(batch.mask.shape[1]) == batch.mask.sum(1, keepdim=True) - 1
+    expected_ends = ((batch.completion_ids == nl) & real) | last
     assert torch.equal(batch.step_ends, expected_ends.long())
     assert batch.step_ends.sum(1).tolist() == [2, 3, 1]
     for b in range(len(batch)):
