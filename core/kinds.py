@@ -340,8 +340,9 @@ KINDS: dict[str, Kind] = {
             "one optimizer step from the step's loss",
             methods=("make_optimizer", "step"),
             attributes=(
-                Attribute("needs_old_logprobs", bool, "it re-evaluates the loss away from θ_old, so the "
-                          "batch must carry log π_old even for one update per rollout", False),
+                Attribute("old_policy", str, "what it needs of π_old beyond the sampled tokens' log-probs: "
+                          "'logprobs' (it re-evaluates the loss away from θ_old) or 'logits' (also the "
+                          "full distributions, for the exact KL(π_old ‖ π_θ))", "none", ("none", "logprobs", "logits")),
                 Attribute("trains_critic", bool, "it can train a value head alongside the policy", True),
             ),
         ),

@@ -63,9 +63,11 @@ class OnlineMode:
         self.last_batch = batch
         # LOG-PROBS: old (only off-policy), reference, values
         start = time.perf_counter()
-        ref_logits = None
+        ref_logits = old_logits = None
         if parts.off_policy or parts.needs_critic:
-            old, values, _ = self._no_grad_pass(rt.model, batch, want_values=parts.needs_critic)
+            old, values, old_logits = self._no_grad_pass(
+                rt.model, batch, want_values=parts.needs_critic, want_logits=parts.keep_old_logits
+            )
             batch.old_logprobs = old if parts.off_policy else None
             if parts.needs_critic:
                 batch.values, batch.old_values = values * batch.mask, values * batch.mask
@@ -94,10 +96,11 @@ class OnlineMode:
             order = torch.randperm(len(batch), generator=generator) if t.minibatches > 1 else torch.arange(len(batch))
             for rows in order.chunk(t.minibatches):
                 mb = batch.select(rows)
-                mb_ref_logits = ref_logits[rows] if ref_logits is not None else None
+                mb_ref = ref_logits[rows] if ref_logits is not None else None
+                mb_old = old_logits[rows] if old_logits is not None else None
                 optimizer_step(
                     rt, mb, mb.mask, parts.max_new_tokens,
-                    lambda b, s, idx: self.loss(b, s, mb_ref_logits, idx), acc,
+                    lambda b, s, idx: self.loss(b, s, mb_ref, idx, mb_old), acc,
                 )
         metrics.update(acc.reduce())
         metrics["time/update_s"] = time.perf_counter() - start
@@ -118,12 +121,15 @@ class OnlineMode:
         metrics.update(self._batch_metrics(batch, metrics))
         return metrics
 
-    def loss(self, mb: RolloutBatch, scope: AggregationScope, ref_logits, idx) -> LossShare:
-        """The microbatch's share: policy loss + β·KL (in the loss) − c₂·entropy + c₁·value loss."""
+    def loss(self, mb: RolloutBatch, scope: AggregationScope, ref_logits, idx, old_logits=None) -> LossShare:
+        """The microbatch's share: policy loss + β·KL (in the loss) − c₂·entropy + c₁·value loss,
+        and its share of the mean KL(π_old ‖ π_θ) where the batch carries π_old: exact over the
+        vocabulary from ``old_logits`` [b,T,V] (rows of the step's, indexed by ``idx``) when
+        given, else the k3 estimate on the sampled tokens (Schulman 2020)."""
         t, parts, p = self.rt.cfg.trainer, self.parts, self.p
         kl = parts.kl
         kl_in_loss = kl is not None and not kl.in_reward
-        need_logits = p.loss_needs_logits or (kl_in_loss and kl.needs_logits)
+        need_logits = p.loss_needs_logits or (kl_in_loss and kl.needs_logits) or old_logits is not None
         out = self._forward(self.rt.model, mb, want_logits=need_logits, want_values=parts.needs_critic, want_entropy=True)
         mb = mb.to(self.rt.device)
         loss_out = p.policy_loss(out.logprobs, mb, logits=out.logits if p.loss_needs_logits else None)
@@ -151,7 +157,12 @@ class OnlineMode:
             metrics.update(value_out.metrics)
         terms["loss/total"] = total
         kl_old = None
-        if mb.old_logprobs is not None:  # k3 estimate of KL(π_old ‖ π_θ) on the sampled tokens
+        if old_logits is not None:
+            old_logp = torch.log_softmax(old_logits[idx].to(self.rt.device).float(), -1)
+            new_logp = torch.log_softmax(out.logits.float(), -1)
+            kl_tok = (old_logp.exp() * (old_logp - new_logp)).sum(-1)
+            kl_old = (kl_tok * mb.mask).sum() / scope.total_tokens
+        elif mb.old_logprobs is not None:
             log_r = (out.logprobs.float() - mb.old_logprobs.float()) * mb.mask
             kl_old = ((torch.expm1(log_r) - log_r) * mb.mask).sum() / scope.total_tokens
         return LossShare(total, terms, metrics, mb.mask.sum().item(), kl_old)

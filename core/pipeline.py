@@ -50,6 +50,7 @@ class OnlineParts:
     temperature: float  # the sampler's: log-probs are recomputed at it
     max_new_tokens: int
     off_policy: bool  # several optimizer steps per rollout, or a rule that needs them: old log-probs are computed
+    keep_old_logits: bool  # the update rule bounds the exact KL to π_old: its logits [B,T,V] are kept
 
     @property
     def needs_critic(self) -> bool:
@@ -82,7 +83,7 @@ def build_pipeline(cfg: DictConfig, registry: Registry, world: int) -> Pipeline:
     schedule = _build(cfg, registry, "schedule", default="constant")
     update = _build(cfg, registry, "update", default="adamw")
     rule = conform("update", update)
-    if rule.needs_old_logprobs and loss.consumes != "rollout":
+    if rule.old_policy != "none" and loss.consumes != "rollout":
         raise ConfigError(f"update: {type(update).__name__} re-evaluates the loss against π_old, which "
                           f"only online RL has; this pipeline trains on {loss.consumes} batches")
     task = _build(cfg, registry, "task")
@@ -166,7 +167,8 @@ def _build_online(cfg: DictConfig, registry: Registry, world: int, rule: Any) ->
         value_loss=value_loss,
         temperature=float(sampled.temperature),
         max_new_tokens=sampled.max_new_tokens,
-        off_policy=t.epochs > 1 or t.minibatches > 1 or rule.needs_old_logprobs,
+        off_policy=t.epochs > 1 or t.minibatches > 1 or rule.old_policy != "none",
+        keep_old_logits=rule.old_policy == "logits",
     )
 
 

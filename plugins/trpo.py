@@ -61,10 +61,11 @@ class NaturalGradient:
 
     the largest step along s whose quadratic KL model equals δ. Line search: θ_old + bᵏΔθ for
     k = 0 … ``max_backtracks`` − 1 (b = ``backtrack_factor``) until the loss decreases and the
-    measured KL ≤ δ; if none does, θ stays θ_old. The KL per token is the k3 estimate
-    r − 1 − log r with r = π_θ/π_old on the sampled tokens (Schulman 2020), unbiased for
-    KL(π_old ‖ π_θ) under the sampled tokens; its Hessian at θ_old is the empirical Fisher
-    matrix (1/N)Σ ∇log π ∇log πᵀ. All sums run over every microbatch and process.
+    measured KL ≤ δ; if none does, θ stays θ_old. The KL at each completion position is exact
+    over the vocabulary, Σ_v π_old(v)(log π_old(v) − log π_θ(v)), from π_old's logits kept for
+    the step (``old_policy = "logits"``; [B,T,V] on the CPU), as TRPO does for discrete actions:
+    a bound on the sampled tokens alone would let mass move freely among the others. Its
+    Hessian at θ_old is the Fisher matrix. All sums run over every microbatch and process.
 
     The learning rate is not used (δ sets the step). The value head, if any, is not trained
     by this rule, so pipelines with a critic are refused. Metrics: ``trpo/kl`` (after the
@@ -72,7 +73,7 @@ class NaturalGradient:
     ``trpo/backtracks``, ``trpo/accepted``, ``trpo/cg_residual``, ``grad_norm`` (‖g‖).
     """
 
-    needs_old_logprobs: ClassVar[bool] = True
+    old_policy: ClassVar[str] = "logits"
     trains_critic: ClassVar[bool] = False
 
     def __init__(

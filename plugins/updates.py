@@ -15,7 +15,7 @@ class AdamW:
     torch's AdamW with its default implementation choice for the device.
     """
 
-    needs_old_logprobs: ClassVar[bool] = False
+    old_policy: ClassVar[str] = "none"
     trains_critic: ClassVar[bool] = True
 
     def __init__(self, weight_decay: float = 0.0, betas: list[float] = (0.9, 0.999), eps: float = 1e-8):

@@ -141,7 +141,7 @@ class VineSampler(WrappingSampler):
 
     Output, beside ``base``'s fields: ``values`` [B,T], V̂_MC of the start of the step holding
     token t (constant within a step, 0 on padding); ``step_ends`` [B,T], 1 on each step's last
-    token. Metrics: ``vine/continuations``, ``vine/states``, ``vine/steps_mean``,
+    token. Metrics: ``vine/continuations``, ``vine/continuation_tokens``, ``vine/states``, ``vine/steps_mean``,
     ``vine/value_mean``, ``vine/time_s`` (a share of ``time/sample_s``).
 
     All states of the batch go to ``base`` in one left-padded call at token level (at most
@@ -193,7 +193,7 @@ class VineSampler(WrappingSampler):
                 distinct[key] = len(states)
                 states.append((b, s))
             state_of.append(distinct[key])
-        v_states = self._estimate(ctx, batch, states, prompt_rows, completion_rows)
+        v_states, tokens = self._estimate(ctx, batch, states, prompt_rows, completion_rows)
         steps = int(ends.sum(1).max()) if len(batch) else 0
         table = torch.zeros(len(batch), max(steps, 1))
         if positions:
@@ -204,6 +204,7 @@ class VineSampler(WrappingSampler):
         batch.metrics = {
             **batch.metrics,
             "vine/continuations": float(len(states) * self.num_rollouts),
+            "vine/continuation_tokens": float(tokens),
             "vine/states": float(len(states)),
             "vine/steps_mean": float(ends.sum()) / max(len(batch), 1),
             "vine/value_mean": float(v_states.mean()) if len(states) else 0.0,
@@ -220,11 +221,13 @@ class VineSampler(WrappingSampler):
         return ids
 
     def _estimate(self, ctx: SamplerContext, batch: RolloutBatch, states: list[tuple[int, int]],
-                  prompt_rows: list[list[int]], completion_rows: list[list[int]]) -> Tensor:
-        """V̂_MC [S] of the ``states`` (row, prefix length): the mean reward of K continuations."""
+                  prompt_rows: list[list[int]], completion_rows: list[list[int]]) -> tuple[Tensor, int]:
+        """V̂_MC [S] of the ``states`` (row, prefix length), the mean reward of K continuations,
+        and the number of continuation tokens sampled."""
         k, tok = self.num_rollouts, ctx.tokenizer
         columns = {c: v for c, v in batch.columns.items() if not c.startswith("reward/")}
         sums, counts = torch.zeros(len(states)), torch.zeros(len(states))
+        tokens = 0
         size = self.max_states_per_call or max(len(states), 1)
         for lo in range(0, len(states), size):
             chunk = states[lo : lo + size]
@@ -260,7 +263,8 @@ class VineSampler(WrappingSampler):
             ))
             sums[lo : lo + len(chunk)] += torch.zeros(len(chunk)).index_add_(0, state, scored.rewards.float())
             counts[lo : lo + len(chunk)] += k
-        return sums / counts.clamp(min=1)
+            tokens += int(out.mask.sum())
+        return sums / counts.clamp(min=1), tokens
 
 
 def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[Tensor, Tensor]:

@@ -45,16 +45,19 @@ def fixed_batch(trainer: Trainer, groups: int = 4, group_size: int = 4) -> Rollo
         batch.ref_logprobs, _, _ = trainer.mode._no_grad_pass(online.ref_policy.model, batch)
         with torch.no_grad():
             batch.ref_logprobs -= 0.1 * torch.rand(batch.ref_logprobs.shape, generator=g) * batch.mask
+    old_logits = None
     if online.off_policy:
-        batch.old_logprobs, _, _ = trainer.mode._no_grad_pass(trainer.runtime.model, batch)
+        batch.old_logprobs, _, old_logits = trainer.mode._no_grad_pass(
+            trainer.runtime.model, batch, want_logits=online.keep_old_logits
+        )
     batch.advantages = trainer.pipeline.online.advantage(batch).advantages
-    return batch
+    return batch, old_logits
 
 
 def main() -> None:
     out, overrides = sys.argv[1], sys.argv[2:]
     trainer = Trainer(load_config(PRESET_DIR / "grpo.yaml", overrides))
-    batch = fixed_batch(trainer)
+    batch, old_logits = fixed_batch(trainer)
     rt = trainer.runtime
     rows = torch.arange(len(batch)).chunk(rt.world)[rt.rank]
     grads = {}
@@ -70,7 +73,8 @@ def main() -> None:
     acc = MetricAccumulator()
     mine = batch.select(rows)
     max_len = trainer.pipeline.online.max_new_tokens
-    optimizer_step(rt, mine, mine.mask, max_len, lambda b, s, idx: trainer.mode.loss(b, s, None, idx), acc)
+    mine_old = old_logits[rows] if old_logits is not None else None
+    optimizer_step(rt, mine, mine.mask, max_len, lambda b, s, idx: trainer.mode.loss(b, s, None, idx, mine_old), acc)
     metrics = {**acc.reduce(), "world": rt.world}
     params = {name: p.detach().clone() for name, p in rt.policy.named_parameters()}
     if rt.accelerator.is_main_process:

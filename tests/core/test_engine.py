@@ -193,3 +193,27 @@ def test_cli_train_reports_bad_input_without_traceback(tiny, capsys):
     code = main(["train", str(PRESET_DIR / "grpo.yaml"), *tiny, "advantage.scale=std", "trainer.eval_every=0"])
     err = capsys.readouterr().err
     assert code == 2 and "scale must be one of group, batch, none" in err and "Traceback" not in err
+
+
+def test_the_trpo_preset_bounds_the_exact_kl_over_the_vocabulary(tiny):
+    # One real step of configs/trpo.yaml on a tiny model: the KL it reports is the exact
+    # Σ_v π_old(v)(log π_old(v) − log π_θ(v)) averaged over the step's completion tokens,
+    # recomputed here from a copy of the policy taken before the step, and it is ≤ δ.
+    import copy
+
+    from rlloom.forward import forward_rollout
+
+    cfg = load_config(PRESET_DIR / "trpo.yaml", [*tiny, "sampler.num_generations=4", "sampler.max_new_tokens=3",
+                                                 "trainer.eval_every=0", "update.max_kl=0.05"])
+    trainer = Trainer(cfg)
+    before = copy.deepcopy(trainer.runtime.policy)
+    metrics = trainer.mode.step(0)
+    batch = trainer.mode.last_batch
+    with torch.no_grad():
+        old = forward_rollout(before, batch, 1.0, want_logits=True).logits.log_softmax(-1)
+        new = forward_rollout(trainer.runtime.policy, batch, 1.0, want_logits=True).logits.log_softmax(-1)
+    per_token = (old.exp() * (old - new)).sum(-1)
+    kl = (per_token * batch.mask).sum() / batch.mask.sum()
+    assert metrics["trpo/accepted"] == 1.0
+    assert metrics["trpo/kl"] == pytest.approx(kl.item(), rel=1e-4, abs=1e-7)
+    assert 0 < metrics["trpo/kl"] <= 0.05

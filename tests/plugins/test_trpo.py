@@ -245,7 +245,7 @@ def test_natural_gradient_is_registered_and_refuses_bad_parameters():
     registry = get_registry()
     assert registry.get("update", "natural_gradient").factory is NaturalGradient
     declared = check_component("update", NaturalGradient())
-    assert declared.needs_old_logprobs and not declared.trains_critic
+    assert declared.old_policy == "logits" and not declared.trains_critic
     for bad in ({"max_kl": 0}, {"damping": -1}, {"backtrack_factor": 1.0}, {"cg_iters": 0}):
         with pytest.raises(ValueError):
             NaturalGradient(**bad)

@@ -196,6 +196,10 @@ def test_k_continuations_per_state_in_one_batched_call():
     assert batch.metrics["vine/continuations"] == 16.0 and batch.metrics["vine/states"] == 4.0
     assert batch.metrics["vine/value_mean"] == pytest.approx((0.25 + 0.75 + 1.0 + 0.0) / 4)
     assert batch.metrics["vine/time_s"] >= 0
+    # continuation tokens: each state's K = 4 continuations, one token per character plus EOS
+    options = [base.continuations[state] for state in states]
+    expected = sum(len(TOK(o[j % len(o)], add_special_tokens=False)["input_ids"]) + 1 for o in options for j in range(4))
+    assert batch.metrics["vine/continuation_tokens"] == expected
 
 
 def test_max_states_per_call_chunks_the_states():
