@@ -20,11 +20,11 @@ from rlloom.evaluation import GreedyEvaluation, chunks
 from rlloom.kinds import AggregationScope
 from rlloom.ops import global_sum
 from rlloom.pipeline import Pipeline
-from rlloom.runtime import Runtime
+from rlloom.runtime import OfflineMode, Runtime
 from rlloom.update import LossShare, offline_step
 
 
-class PreferenceMode:
+class PreferenceMode(OfflineMode):
     """Each step: ``trainer.batch_size`` pairs, one optimizer step of the preference loss;
     evaluation on held-out pairs (and by greedy generation when rewards are configured)."""
 
@@ -109,12 +109,3 @@ class PreferenceMode:
         counts = global_sum(counts)
         n = max(counts[2].item(), 1.0)
         return {"eval/preference_accuracy": counts[0].item() / n, "eval/logps_accuracy": counts[1].item() / n}
-
-    def completion_table(self, limit: int) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None

@@ -97,3 +97,17 @@ class TrainingMode(Protocol):
         """What the mode's components need to resume (KL coefficient, reference policy)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class OfflineMode:
+    """What the offline modes (supervised, preference) share: nothing is sampled and their
+    components keep no state between steps."""
+
+    def completion_table(self, limit: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

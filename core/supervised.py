@@ -9,11 +9,11 @@ from rlloom.data import StepIndex, sft_batch
 from rlloom.evaluation import GreedyEvaluation
 from rlloom.kinds import AggregationScope
 from rlloom.pipeline import Pipeline
-from rlloom.runtime import Runtime
+from rlloom.runtime import OfflineMode, Runtime
 from rlloom.update import LossShare, offline_step
 
 
-class SupervisedMode:
+class SupervisedMode(OfflineMode):
     """Each step: ``trainer.batch_size`` rows of the task's data, one optimizer step of the
     policy loss (completion tokens only); evaluation by greedy generation."""
 
@@ -36,12 +36,3 @@ class SupervisedMode:
 
     def evaluate(self) -> dict[str, float]:
         return self.evaluation(self.rt)
-
-    def completion_table(self, limit: int) -> None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
