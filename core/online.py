@@ -66,7 +66,7 @@ class OnlineMode:
         ref_logits = old_logits = None
         if parts.off_policy or parts.needs_critic:
             old, values, old_logits = self._no_grad_pass(
-                rt.model, batch, want_values=parts.needs_critic, want_logits=parts.keep_old_logits
+                rt.model, batch, want_values=parts.needs_critic, want_logits=parts.old_policy == "logits"
             )
             batch.old_logprobs = old if parts.off_policy else None
             if parts.needs_critic:
@@ -123,9 +123,10 @@ class OnlineMode:
 
     def loss(self, mb: RolloutBatch, scope: AggregationScope, ref_logits, idx, old_logits=None) -> LossShare:
         """The microbatch's share: policy loss + β·KL (in the loss) − c₂·entropy + c₁·value loss,
-        and its share of the mean KL(π_old ‖ π_θ) where the batch carries π_old: exact over the
-        vocabulary from ``old_logits`` [b,T,V] (rows of the step's, indexed by ``idx``) when
-        given, else the k3 estimate on the sampled tokens (Schulman 2020)."""
+        and, for an update rule that bounds it, its share of the mean KL(π_old ‖ π_θ): exact
+        over the vocabulary from ``old_logits`` [b,T,V] (rows of the step's, indexed by
+        ``idx``) when the rule keeps them, else the k3 estimate on the sampled tokens
+        (Schulman 2020)."""
         t, parts, p = self.rt.cfg.trainer, self.parts, self.p
         kl = parts.kl
         kl_in_loss = kl is not None and not kl.in_reward
@@ -157,12 +158,12 @@ class OnlineMode:
             metrics.update(value_out.metrics)
         terms["loss/total"] = total
         kl_old = None
-        if old_logits is not None:
+        if parts.old_policy == "logits":
             old_logp = torch.log_softmax(old_logits[idx].to(self.rt.device).float(), -1)
             new_logp = torch.log_softmax(out.logits.float(), -1)
             kl_tok = (old_logp.exp() * (old_logp - new_logp)).sum(-1)
             kl_old = (kl_tok * mb.mask).sum() / scope.total_tokens
-        elif mb.old_logprobs is not None:
+        elif parts.old_policy == "logprobs":
             log_r = (out.logprobs.float() - mb.old_logprobs.float()) * mb.mask
             kl_old = ((torch.expm1(log_r) - log_r) * mb.mask).sum() / scope.total_tokens
         return LossShare(total, terms, metrics, mb.mask.sum().item(), kl_old)

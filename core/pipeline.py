@@ -50,7 +50,7 @@ class OnlineParts:
     temperature: float  # the sampler's: log-probs are recomputed at it
     max_new_tokens: int
     off_policy: bool  # several optimizer steps per rollout, or a rule that needs them: old log-probs are computed
-    keep_old_logits: bool  # the update rule bounds the exact KL to π_old: its logits [B,T,V] are kept
+    old_policy: str  # what the update rule needs of π_old: "none", "logprobs" or "logits" ([B,T,V] kept)
 
     @property
     def needs_critic(self) -> bool:
@@ -168,7 +168,7 @@ def _build_online(cfg: DictConfig, registry: Registry, world: int, rule: Any) ->
         temperature=float(sampled.temperature),
         max_new_tokens=sampled.max_new_tokens,
         off_policy=t.epochs > 1 or t.minibatches > 1 or rule.old_policy != "none",
-        keep_old_logits=rule.old_policy == "logits",
+        old_policy=rule.old_policy,
     )
 
 

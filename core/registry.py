@@ -85,7 +85,7 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> pluggy.PluginManager:
 
 def _plugin_label(name: str, ep: Any = None) -> str:
     """``plugin 'name'``, with ``(package dist)`` for an entry point that has a distribution."""
-    dist = getattr(ep, "dist", None)
+    dist = ep.dist if ep is not None else None
     return f"plugin '{name}'" + (f" (package {dist.name})" if dist is not None else "")
 
 

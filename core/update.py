@@ -54,9 +54,10 @@ class StepClosure:
     """The step's rows and loss, as an update rule uses them.
 
     ``accumulate_gradient`` leaves ∇(step loss) in the parameters' ``.grad`` (synchronised over
-    processes) and records the loss terms and metrics; ``clip_gradient`` clips its norm to
-    ``trainer.max_grad_norm``; ``evaluate`` gives the step loss and the mean KL(π_old ‖ π_θ) at
-    the current parameters; ``fisher_vector_product`` the Hessian of that KL times a vector.
+    processes) and records the loss terms and metrics; ``step_loss`` is the loss it
+    differentiated; ``clip_gradient`` clips the gradient norm to ``trainer.max_grad_norm``;
+    ``evaluate`` gives the step loss and the mean KL(π_old ‖ π_θ) at the current parameters;
+    ``fisher_vector_product`` the Hessian of that KL times a vector.
     """
 
     def __init__(self, rt: Runtime, rows: Any, mask: Tensor, max_len: int, loss_fn: LossFn, acc: MetricAccumulator):
@@ -69,6 +70,7 @@ class StepClosure:
         # backward); a process with fewer rows runs a zero-weighted copy of its first row.
         count = int(global_max(math.ceil(len(rows) / rt.cfg.trainer.micro_batch_size)))
         self.pieces = list(torch.arange(len(rows)).tensor_split(count))
+        self._local_loss = torch.zeros((), dtype=torch.float64)
 
     def accumulate_gradient(self) -> None:
         """Backward over every microbatch: ``.grad`` = ∇ of the whole step's loss."""
@@ -89,9 +91,15 @@ class StepClosure:
                         + "; lower trainer.lr or check the rewards"
                     )
                 rt.accelerator.backward(share.total * rt.world)
+            self._local_loss += share.total.detach().double().cpu()
             for name, value in share.terms.items():
                 self.acc.add_sum(name, value)
             self.acc.add(share.metrics, share.weight)
+
+    def step_loss(self) -> float:
+        """The step's loss as ``accumulate_gradient`` computed it (at the parameters it ran
+        at), summed over microbatches and processes (a collective: every process calls it)."""
+        return float(global_sum(self._local_loss))
 
     def clip_gradient(self) -> float:
         """Clip the gradient norm to ``trainer.max_grad_norm``; the norm before clipping. A
@@ -132,16 +140,16 @@ class StepClosure:
 
         out = torch.zeros_like(vector)
         pieces = vector.split([p.numel() for p in self.params])
-        # Double backward needs the math attention kernel (the fused ones have no second derivative).
+        # Double backward needs the math attention kernel (the fused ones have no second
+        # derivative); one microbatch's graph at a time.
         with sdpa_kernel([SDPBackend.MATH]):
-            shares = list(self._shares(want_graph=True))
-        for share in shares:
-            grads = torch.autograd.grad(self._kl_old(share), self.params, create_graph=True, allow_unused=True)
-            directional = sum(
-                g.reshape(-1).double() @ v.to(g.device) for g, v in zip(grads, pieces) if g is not None
-            )
-            hv = torch.autograd.grad(directional, self.params, allow_unused=True)
-            out += flat(hv, self.params).cpu()
+            for share in self._shares(want_graph=True):
+                grads = torch.autograd.grad(self._kl_old(share), self.params, create_graph=True, allow_unused=True)
+                directional = sum(
+                    g.reshape(-1).double() @ v.to(g.device) for g, v in zip(grads, pieces) if g is not None
+                )
+                hv = torch.autograd.grad(directional, self.params, allow_unused=True)
+                out += flat(hv, self.params).cpu()
         return global_sum(out)
 
     def gradient(self) -> Tensor:

@@ -104,13 +104,13 @@ class NaturalGradient:
         with torch.enable_grad():
             closure.accumulate_gradient()
         g = -closure.gradient()
+        loss_old = closure.step_loss()
         # An empty optimizer step (no gradients left) keeps the learning-rate schedule's
         # bookkeeping in order; the parameters move only below.
         closure.optimizer.zero_grad(set_to_none=True)
         closure.optimizer.step()
         params = closure.params
         theta_old = flat(params, params).cpu()
-        loss_old, _ = closure.evaluate()
 
         def fvp(v: Tensor) -> Tensor:
             with torch.enable_grad():

@@ -48,7 +48,7 @@ def fixed_batch(trainer: Trainer, groups: int = 4, group_size: int = 4) -> Rollo
     old_logits = None
     if online.off_policy:
         batch.old_logprobs, _, old_logits = trainer.mode._no_grad_pass(
-            trainer.runtime.model, batch, want_logits=online.keep_old_logits
+            trainer.runtime.model, batch, want_logits=online.old_policy == "logits"
         )
     batch.advantages = trainer.pipeline.online.advantage(batch).advantages
     return batch, old_logits

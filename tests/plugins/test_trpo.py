@@ -215,6 +215,9 @@ class QuadraticClosure:
     def gradient(self):
         return self.theta.grad.clone()
 
+    def step_loss(self):
+        return self.evaluate()[0]
+
     def fisher_vector_product(self, v):
         return v.clone()
 
