@@ -91,15 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    """Keep the terminal for rlloom's own progress: no per-file progress bars or INFO logs."""
-    import logging
-
+    """Keep the terminal for rlloom's own progress: no per-file progress bars or INFO logs
+    (MLflow's, such as creating its database tables on a first run, included; the setting
+    reaches ``rlloom compare``'s children through the environment)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     import datasets
     import huggingface_hub
     import transformers
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     datasets.disable_progress_bars()
     huggingface_hub.utils.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()

@@ -30,6 +30,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,8 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from rich.markup import escape
 
 from rlloom.errors import ConfigError, RlloomError
 
@@ -244,6 +247,38 @@ class Comparison:
         self.console = console or Console()
         self.model_path: str | None = None
         self.parent_run_id: str | None = None
+        self.warnings = self._check_variants()
+        self._lock = threading.Lock()
+        self.running: list[str] = []
+        self.finished = 0
+
+    def _check_variants(self) -> list[str]:
+        """Load and validate every variant's config before anything runs (a typo in any
+        ``--vary`` value is a ``ConfigError`` naming the variant); returns a warning for each
+        varied key that provably changes nothing in any variant (``inert_parameters``)."""
+        from rlloom.config import disabled_plugins, load_config, validate_config
+        from rlloom.pipeline import inert_parameters
+        from rlloom.registry import get_registry
+        from rlloom.settings import load_settings
+
+        variants = {c.assignments: c for c in self.children}.values()
+        reasons: dict[str, list[str]] = {k: [] for k in self.varied}
+        for child in variants:
+            try:
+                cfg = load_config(self.config, self.child_overrides(child))
+                validate_config(cfg)
+                settings = load_settings(cfg)
+                inert = inert_parameters(settings, get_registry(disabled_plugins(cfg))) if reasons else {}
+            except RlloomError as exc:
+                raise ConfigError(f"variant {child.variant}: {exc}") from None
+            for key in reasons:
+                if key in inert:
+                    reasons[key].append(inert[key])
+        return [
+            f"{key} has no effect in any variant: {found[0]}"
+            for key, found in reasons.items()
+            if len(found) == len(variants)
+        ]
 
     # ------------------------------------------------------------------ pieces
     def child_dir(self, child: Child) -> Path:
@@ -282,9 +317,12 @@ class Comparison:
         """Parent run, warm start, children, summary; 0 when every child finished, else 1."""
         from mlflow import MlflowClient
 
+        from rlloom.tracking import experiment_id
+
+        for warning in self.warnings:
+            self.console.print(f"[yellow]compare: warning:[/] {warning}", highlight=False)
         self.client = MlflowClient(self.uri)
-        experiment = self.client.get_experiment_by_name(self.experiment)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
+        self.experiment_id = experiment_id(self.client, self.experiment)
         self._start_parent()
         status = "FAILED"
         try:
@@ -342,7 +380,8 @@ class Comparison:
         if not self.shared_warm_start or not self.settings.warm_start.config or self.settings.model.path:
             return
         self.console.print("compare: warm start, shared by every child")
-        path = load_settings(prepare_warm_start(self.base)).model.path
+        nested = OmegaConf.merge(self.base, {"tracking": {"parent_run_id": self.parent_run_id}})
+        path = load_settings(prepare_warm_start(nested)).model.path
         self.model_path = str(Path(path).resolve())
 
     def _run_children(self) -> list[Result]:
@@ -356,6 +395,9 @@ class Comparison:
         directory.mkdir(parents=True, exist_ok=True)
         log_path = directory / LOG_NAME
         start = time.perf_counter()
+        with self._lock:
+            self.running.append(child.name)
+            self.console.print(f"▶ {escape(child.name)}  started (log: {escape(str(log_path))})  {self._state()}", highlight=False, soft_wrap=True)
         with open(log_path, "w") as log:
             proc = subprocess.run(self.command(child), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         result = Result(child, wall_s=time.perf_counter() - start)
@@ -363,15 +405,24 @@ class Comparison:
         if proc.returncode == 0 and result.run_id is not None:
             result.ok = True
             result.history = self._histories(result.run_id)
-            self.console.print(f"[green]✓[/] {child.name}  ({result.wall_s:.1f} s)")
+            line = f"[green]✓[/] {escape(child.name)}  ({result.wall_s:.1f} s)"
         else:
             log_text = log_path.read_text(errors="replace")
             result.error = (
                 error_message(log_text, proc.returncode) if proc.returncode else "finished without an MLflow run"
             )
             self._record_failure(result, log_path)
-            self.console.print(f"[red]✗ {child.name}[/]: {result.error.splitlines()[0][:200]}  (log: {log_path})")
+            line = f"[red]✗ {escape(child.name)}[/]: {escape(result.error.splitlines()[0][:200])}  (log: {escape(str(log_path))})"
+        with self._lock:
+            self.running.remove(child.name)
+            self.finished += 1
+            self.console.print(f"{line}  {self._state()}", highlight=False, soft_wrap=True)
         return result
+
+    def _state(self) -> str:
+        """``[done 2/6; running: a, b]``: where the comparison stands (call under the lock)."""
+        running = f"; running: {', '.join(self.running)}" if self.running else ""
+        return escape(f"[done {self.finished}/{len(self.children)}{running}]")
 
     def _find_run(self, child: Child) -> str | None:
         runs = self.client.search_runs(
@@ -422,10 +473,49 @@ class Comparison:
         with warnings.catch_warnings():  # pandas deprecation noise from inside MLflow's log_table
             warnings.filterwarnings("ignore", message=".*select_dtypes.*")
             self.client.log_table(self.parent_run_id, columns_of(rows), "summary.json")
-        self.client.log_text(self.parent_run_id, markdown_table(rows), "summary.md")
+        summary = markdown_table(rows)
+        self.client.log_text(self.parent_run_id, summary, "summary.md")
+        self.client.set_tag(self.parent_run_id, "mlflow.note.content", self._description(rows, summary))
+        self._log_final_metrics(rows)
         figure = plot_curves(results)
         self.client.log_figure(self.parent_run_id, figure, "plots/curves.png")
         self.client.set_tag(self.parent_run_id, "compare.failed", str(sum(not r.ok for r in results)))
+
+
+    def _description(self, rows: list[dict[str, Any]], summary: str) -> str:
+        """The parent run's description (Markdown): what varied, the winner, the table."""
+        what = ", ".join(self.varied) or "seed"
+        steps = self.settings.trainer.max_steps
+        lines = [f"`rlloom compare` of {self.config.name}: {what}; {len(self.children)} runs of {steps} steps.", ""]
+        best = winner(rows, "eval/accuracy")
+        if best is not None:
+            lines += [f"Best final eval/accuracy: **{best['variant']}** ({best['eval/accuracy']:.3f}).", ""]
+        return "\n".join(lines) + summary
+
+    def _log_final_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Each variant's final values (mean over seeds) as metrics of the parent run,
+        ``final/<metric>/<variant>`` (``variant_key``)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"final/{key}/{variant_key(row['variant'])}", float(row[key]), now, 0)
+            for row in rows for key, _, _ in COLUMNS if row[key] is not None
+        ]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.parent_run_id, metrics=metrics[i : i + 1000])
+
+
+def variant_key(variant: str) -> str:
+    """A variant's name as MLflow allows in a metric name (letters, digits, ``_-./ ``):
+    ``advantage=rloo,policy_loss.eps=0.3`` → ``advantage-rloo policy_loss.eps-0.3``."""
+    return re.sub(r"[^\w./ -]", "_", variant.replace("=", "-").replace(",", " "))
+
+
+def winner(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The row with the highest ``key`` among those that have it (None: none has)."""
+    scored = [r for r in rows if r[key] is not None]
+    return max(scored, key=lambda r: r[key]) if scored else None
 
 
 def summarise(results: list[Result]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from rlloom.config import disabled_plugins, validate_config
 from rlloom.online import OnlineMode
 from rlloom.pipeline import build_pipeline
 from rlloom.preference import PreferenceMode
-from rlloom.progress import Progress
+from rlloom.progress import Progress, phase_name
 from rlloom.registry import Registry, get_plugin_manager, get_registry
 from rlloom.runtime import TrainingMode, build_runtime
 from rlloom.settings import as_plain, load_settings
@@ -32,9 +32,10 @@ MODES = {"rollout": OnlineMode, "supervised": SupervisedMode, "preference": Pref
 
 
 class Trainer:
-    """Builds a run from a config (``Trainer(cfg)``) and runs it (``.train()``)."""
+    """Builds a run from a config (``Trainer(cfg)``) and runs it (``.train()``).
+    ``warm_start`` marks the warm start of another run (its progress lines say so)."""
 
-    def __init__(self, cfg: DictConfig, plugin_manager=None):
+    def __init__(self, cfg: DictConfig, plugin_manager=None, warm_start: bool = False):
         disable = disabled_plugins(cfg)
         self.pm = plugin_manager or get_plugin_manager(disable)
         self.registry = Registry.from_plugins(plugin_manager) if plugin_manager else get_registry(disable)
@@ -46,6 +47,7 @@ class Trainer:
         self.pipeline = build_pipeline(self.cfg, self.registry, accelerator.num_processes)
         self.runtime = build_runtime(self.cfg, self.pipeline, accelerator)
         self.mode: TrainingMode = MODES[self.pipeline.mode](self.pipeline, self.runtime, self.pm.hook)
+        self.phase = phase_name(self.pipeline.mode, warm_start)  # what the progress lines call this run
 
     def train(self) -> dict[str, float]:
         """Run to ``trainer.max_steps``; returns the last step's metrics (with the last eval)."""
@@ -61,14 +63,15 @@ class Trainer:
             tracker.log_config(as_plain(cfg), {**tags, **{str(k): str(v) for k, v in tr.tags.items()}})
         hooks.rlloom_run_start(config=cfg, run_id=run_id)
         metrics: dict[str, float] = {}
-        progress = Progress(t.max_steps, start_step, main)
+        source = f"from {cfg.model.path}" if cfg.model.path else "from a new embedded model"
+        progress = Progress(self.phase, f"{cfg.algorithm} {source}", t.max_steps, start_step, main)
         status = "FAILED"
         try:
             # EVALUATE where the policy begins
             if start_step == 0 and t.eval_every > 0:
                 first = mode.evaluate()
                 tracker.log_metrics(first, 0)
-                progress.note(first)
+                progress.evaluated(first)
             for step in range(start_step, t.max_steps):
                 done = step + 1
                 # SEED, STEP

@@ -215,6 +215,11 @@ _FIELDS = (set, frozenset)
 
 REQUIRES = Attribute("requires", _FIELDS, "the RolloutBatch fields the component reads", frozenset())
 NEEDS_LOGITS = Attribute("needs_logits", bool, "it is also given the full logits [B,T,V]", False)
+OFF_POLICY_PARAMS = Attribute(
+    "off_policy_params", _FIELDS, "its parameters that act only once the update has moved away from "
+    "the sampling policy (clip ranges of π_θ/π_old or of V − V_old): with one on-policy optimizer "
+    "step per rollout the ratio is exactly 1 and they change nothing", frozenset(),
+)
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,7 @@ KINDS: dict[str, Kind] = {
                 NEEDS_LOGITS,
                 Attribute("consumes", str, "the batch it trains on, which picks the training mode", "rollout", MODES),
                 Attribute("reference_free", bool, "a preference loss that reads no reference log-probs", False),
+                OFF_POLICY_PARAMS,
             ),
         ),
         Kind("kl", "rlloom_kl", KLEstimator, "policy and reference log-probs -> per-token KL",
@@ -332,7 +338,8 @@ KINDS: dict[str, Kind] = {
             attributes=(Attribute("alphabet", (str, type(None)), "every character its texts can hold "
                                   "(the embedded model's tokenizer); None: read from the data", None),),
         ),
-        Kind("value_loss", "rlloom_value_loss", ValueLoss, "values + returns -> critic loss [B,T]", attributes=(REQUIRES,)),
+        Kind("value_loss", "rlloom_value_loss", ValueLoss, "values + returns -> critic loss [B,T]",
+             attributes=(REQUIRES, OFF_POLICY_PARAMS)),
         Kind(
             "update",
             "rlloom_update",

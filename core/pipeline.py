@@ -167,9 +167,37 @@ def _build_online(cfg: DictConfig, registry: Registry, world: int, rule: Any) ->
         value_loss=value_loss,
         temperature=float(sampled.temperature),
         max_new_tokens=sampled.max_new_tokens,
-        off_policy=t.epochs > 1 or t.minibatches > 1 or rule.old_policy != "none",
+        off_policy=off_policy(t, rule),
         old_policy=rule.old_policy,
     )
+
+
+def off_policy(trainer: DictConfig, rule: Any) -> bool:
+    """Whether an update moves away from the policy that sampled the batch before it ends:
+    several optimizer steps per rollout (``trainer.epochs``, ``trainer.minibatches``), or an
+    update rule that re-evaluates the loss away from θ_old (``rule``: its declared attributes)."""
+    return trainer.epochs > 1 or trainer.minibatches > 1 or rule.old_policy != "none"
+
+
+def inert_parameters(cfg: DictConfig, registry: Registry) -> dict[str, str]:
+    """{config path: why} of the parameters that provably change nothing under ``cfg`` (loaded
+    settings): a loss's ``off_policy_params`` when every update is on-policy, where the ratio
+    π_θ/π_old is exactly 1 and V = V_old. Builds only the losses and the update rule."""
+    rule = conform("update", _build(cfg, registry, "update", default="adamw"))
+    if off_policy(cfg.trainer, rule):
+        return {}
+    inert = {}
+    for kind in ("policy_loss", "value_loss"):
+        if cfg[kind] is None:
+            continue
+        name = split_spec(cfg[kind], kind)[0]
+        for param in sorted(conform(kind, _build(cfg, registry, kind)).off_policy_params):
+            inert[f"{kind}.{param}"] = (
+                f"{kind} '{name}' uses {param} only once an update has moved away from the sampling "
+                f"policy, and here every update is one on-policy optimizer step per rollout "
+                f"(trainer.epochs=1, trainer.minibatches=1, update rule without π_old)"
+            )
+    return inert
 
 
 def _kl_term(cfg: DictConfig, registry: Registry) -> KLTerm | None:

@@ -15,10 +15,28 @@ from omegaconf import OmegaConf
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LEN = 500
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+"""The experiment kind MLflow 3's UI shows as "Machine learning": it opens such an experiment
+on its runs table and charts, not on the GenAI overview of traces."""
 
 
 def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created when missing. Under MLflow 3 an experiment
+    without a kind is marked a model-training one (``EXPERIMENT_KIND_TAG``); a kind already
+    set (by a user, in the UI) stays."""
+    import mlflow
+
+    experiment = client.get_experiment_by_name(name)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    tags = experiment.tags if experiment else {}
+    if int(mlflow.__version__.split(".")[0]) >= 3 and EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return exp_id
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -50,7 +68,7 @@ class Tracker:
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
+        mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(self.uri), self.experiment))
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags)
         self.run_id = run.info.run_id

@@ -52,6 +52,7 @@ class CISPO:
     requires: ClassVar[set[str]] = {"advantages"}
     needs_logits: ClassVar[bool] = False
     consumes: ClassVar[str] = "rollout"
+    off_policy_params: ClassVar[frozenset[str]] = frozenset({"eps_low", "eps_high"})
 
     def __init__(self, eps_low: float = 1.0, eps_high: float = 0.28):
         self.eps_low = check_positive("eps_low", eps_low)

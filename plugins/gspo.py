@@ -48,6 +48,7 @@ class GSPO:
     requires: ClassVar[set[str]] = {"advantages"}
     needs_logits: ClassVar[bool] = False
     consumes: ClassVar[str] = "rollout"
+    off_policy_params: ClassVar[frozenset[str]] = frozenset({"eps_low", "eps_high"})
 
     def __init__(self, eps_low: float = 3e-4, eps_high: float = 4e-4):
         self.eps_low = check_positive("eps_low", eps_low)

@@ -56,6 +56,7 @@ class PPOClip:
     requires: ClassVar[set[str]] = {"advantages"}
     needs_logits: ClassVar[bool] = False
     consumes: ClassVar[str] = "rollout"
+    off_policy_params: ClassVar[frozenset[str]] = frozenset({"eps", "eps_low", "eps_high", "dual_clip"})
 
     def __init__(
         self,
@@ -132,6 +133,7 @@ class ClippedMSEValueLoss:
     """
 
     requires: ClassVar[set[str]] = {"returns", "old_values"}
+    off_policy_params: ClassVar[frozenset[str]] = frozenset({"eps"})
 
     def __init__(self, eps: float = 0.2):
         self.eps = check_positive("eps", eps)
