@@ -320,7 +320,7 @@ class Comparison:
         from rlloom.tracking import experiment_id
 
         for warning in self.warnings:
-            self.console.print(f"[yellow]compare: warning:[/] {warning}", highlight=False)
+            self.console.print(f"[yellow]compare: warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         self.client = MlflowClient(self.uri)
         self.experiment_id = experiment_id(self.client, self.experiment)
         self._start_parent()
@@ -360,7 +360,8 @@ class Comparison:
         self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(OmegaConf.create(config)), "config.yaml")
         self.console.print(
             f"compare: {len(self.children)} children, {self.parallel} at a time; parent run "
-            f"[bold]{name}[/] ({self.parent_run_id}) in experiment '{self.experiment}' at {self.uri}"
+            f"[bold]{escape(name)}[/] ({self.parent_run_id}) in experiment '{escape(self.experiment)}' at {self.uri}",
+            soft_wrap=True,
         )
 
     def _log_params(self, run_id: str, config: dict) -> None:
@@ -480,16 +481,35 @@ class Comparison:
         figure = plot_curves(results)
         self.client.log_figure(self.parent_run_id, figure, "plots/curves.png")
         self.client.set_tag(self.parent_run_id, "compare.failed", str(sum(not r.ok for r in results)))
+        self.console.print(f"compare: the variants side by side: {self.view_url()}", highlight=False, soft_wrap=True)
+
+    def view_url(self) -> str:
+        """The experiment's runs page showing this comparison's children alone, best final
+        eval/accuracy first, as charts. Filtered and sorted by a metric, MLflow lists the
+        children flat (not nested under the parent), and the warm start, not a child of the
+        comparison, is left out."""
+        from rlloom.tracking import experiment_url
+
+        return experiment_url(
+            self.uri, self.experiment_id,
+            searchFilter=f"tags.`compare.parent` = '{self.parent_run_id}'",
+            orderByKey="metrics.`eval/accuracy`", orderByAsc="false", compareRunsMode="CHART",
+        )
 
 
     def _description(self, rows: list[dict[str, Any]], summary: str) -> str:
         """The parent run's description (Markdown): what varied, the winner, the table."""
         what = ", ".join(self.varied) or "seed"
         steps = self.settings.trainer.max_steps
-        lines = [f"`rlloom compare` of {self.config.name}: {what}; {len(self.children)} runs of {steps} steps.", ""]
-        best = winner(rows, "eval/accuracy")
-        if best is not None:
-            lines += [f"Best final eval/accuracy: **{best['variant']}** ({best['eval/accuracy']:.3f}).", ""]
+        lines = [
+            f"`rlloom compare` of {self.config.name}: {what}; {len(self.children)} runs of {steps} steps "
+            f"([the variants as charts]({self.view_url()})).", "",
+        ]
+        best = winners(rows, "eval/accuracy")
+        if best:
+            names = ", ".join(f"**{r['variant']}**" for r in best)
+            tie = " (a tie)" if len(best) > 1 else ""
+            lines += [f"Best final eval/accuracy: {names} ({best[0]['eval/accuracy']:.3f}){tie}.", ""]
         return "\n".join(lines) + summary
 
     def _log_final_metrics(self, rows: list[dict[str, Any]]) -> None:
@@ -512,10 +532,11 @@ def variant_key(variant: str) -> str:
     return re.sub(r"[^\w./ -]", "_", variant.replace("=", "-").replace(",", " "))
 
 
-def winner(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    """The row with the highest ``key`` among those that have it (None: none has)."""
+def winners(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows with the highest ``key`` (several on a tie; none when no row has it)."""
     scored = [r for r in rows if r[key] is not None]
-    return max(scored, key=lambda r: r[key]) if scored else None
+    best = max((r[key] for r in scored), default=None)
+    return [r for r in scored if r[key] == best]
 
 
 def summarise(results: list[Result]) -> list[dict[str, Any]]:

@@ -193,9 +193,9 @@ def inert_parameters(cfg: DictConfig, registry: Registry) -> dict[str, str]:
         name = split_spec(cfg[kind], kind)[0]
         for param in sorted(conform(kind, _build(cfg, registry, kind)).off_policy_params):
             inert[f"{kind}.{param}"] = (
-                f"{kind} '{name}' uses {param} only once an update has moved away from the sampling "
-                f"policy, and here every update is one on-policy optimizer step per rollout "
-                f"(trainer.epochs=1, trainer.minibatches=1, update rule without π_old)"
+                f"{kind} '{name}' uses it only once an update has moved away from the sampling policy, "
+                f"and here each rollout gets one on-policy optimizer step (trainer.epochs=1, "
+                f"trainer.minibatches=1), so the ratio π_θ/π_old stays 1"
             )
     return inert
 

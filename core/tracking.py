@@ -19,6 +19,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 """The experiment kind MLflow 3's UI shows as "Machine learning": it opens such an experiment
 on its runs table and charts, not on the GenAI overview of traces."""
+UI_ADDRESS = "http://127.0.0.1:5000"
+"""Where ``mlflow ui`` serves by default (the UI of a local store)."""
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -37,6 +39,18 @@ def experiment_id(client: Any, name: str) -> str:
     if int(mlflow.__version__.split(".")[0]) >= 3 and EXPERIMENT_KIND_TAG not in tags:
         client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return exp_id
+
+
+def experiment_url(uri: str, experiment_id: str, **query: str) -> str:
+    """The UI page of an experiment's runs: on the tracking server itself, or where ``mlflow ui``
+    serves a local store. ``workflowType=machine_learning`` opens the model-training views of
+    MLflow UIs that have a GenAI / model-training switch (which otherwise decides the landing
+    page); ``query`` adds the page's other parameters (``searchFilter``, ``orderByKey``, ...)."""
+    from urllib.parse import quote, urlencode
+
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    params = urlencode({"workflowType": "machine_learning", **query}, quote_via=quote)
+    return f"{base}/#/experiments/{experiment_id}/runs?{params}"
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:

@@ -3,11 +3,13 @@ compare against a real ``mlflow server`` on loopback."""
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from rlloom.compare import (
     sanitise,
     split_values,
     summarise,
+    variant_key,
+    winners,
 )
 from rlloom.config import PRESET_DIR, load_config
 from rlloom.errors import ConfigError
@@ -162,6 +166,36 @@ def test_cli_takes_overrides_after_options(monkeypatch):
                     "overrides": ["seed=3", "trainer.lr=0.1"], "steps": 5, "seeds": None, "parallel": 2}
 
 
+def test_a_bad_value_in_any_variant_fails_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """A typo in the second --vary value: one line naming the variant, exit 2, in the time it
+    takes to read the configs; no warm start ran, no store or output directory was made."""
+    monkeypatch.chdir(tmp_path)
+    with_warm_start = [o for o in TINY if not o.startswith("warm_start")]  # the preset's SFT warm start stays on
+    for vary, needle in [
+        ("advantage=grpo,rlooo", "variant kl.coef=0.01,advantage=rlooo: advantage: unknown advantage 'rlooo' (did you mean 'rloo'?)"),
+        ("policy_loss.eps=0.2,-1", "variant kl.coef=0.01,policy_loss.eps=-1: policy_loss: policy_loss 'ppo_clip': eps must be > 0"),
+        ("trainer.max_stpes=1,2", "variant kl.coef=0.01,trainer.max_stpes=1: trainer.max_stpes: Key 'max_stpes' not in 'TrainerSettings'"),
+    ]:
+        code = main(["compare", GRPO, "--vary", "kl.coef=0.01,0.02", "--vary", vary, *with_warm_start])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.startswith(f"rlloom: error: {needle}") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clip_range_varied_under_on_policy_updates_is_warned_about():
+    def warnings(varies, *overrides):
+        return Comparison(GRPO, varies, [*TINY, *overrides], console=Console(file=io.StringIO())).warnings
+
+    [warning] = warnings(["policy_loss.eps_high=0.2,0.28"])
+    assert warning.startswith("policy_loss.eps_high has no effect in any variant: policy_loss 'ppo_clip' uses it only")
+    assert "trainer.epochs=1" in warning
+    assert warnings(["policy_loss.eps_high=0.2,0.28"], "trainer.epochs=2") == []
+    # it acts in the variants with two minibatches: no warning
+    assert warnings(["policy_loss.eps_high=0.2,0.28", "trainer.minibatches=1,2"]) == []
+    assert warnings(["advantage=grpo,rloo"]) == []
+
+
 def test_error_message_from_a_child_log():
     assert error_message("progress...\nrlloom: error: policy_loss: eps must be > 0\n", 2) == "policy_loss: eps must be > 0"
     traceback = "Traceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: boom\n"
@@ -195,6 +229,10 @@ def test_summary_pools_seeds_and_marks_failures():
     assert rloo["status"] == "FAILED 1/2"
     assert (rloo["reward/mean"], rloo["reward/mean std"]) == (pytest.approx(0.1), None)
     assert rloo["error"].startswith("ValueError: bad")
+    assert winners([grpo, rloo], "eval/accuracy") == [grpo, rloo]  # 0.5 = 0.5: a tie
+    assert [r["variant"] for r in winners([grpo, rloo], "reward/mean")] == ["advantage=grpo"]
+    assert winners([{**rloo, "eval/accuracy": None}], "eval/accuracy") == []
+    assert variant_key("advantage=rloo,policy_loss.eps_high=0.28,x=[1, 2]") == "advantage-rloo policy_loss.eps_high-0.28 x-_1 2_"
     md = markdown_table([grpo, rloo])
     # std of (0.5, 0.7) = 0.2/√2 = 0.141; of (0.25, 0.75) = 0.5/√2 = 0.354
     assert "| advantage=grpo | ok | 0.600 ± 0.141 | 0.500 ± 0.354 |" in md
@@ -247,45 +285,58 @@ def mlflow_server(tmp_path_factory):
 
 def test_compare_records_children_failures_table_and_plots(mlflow_server, tmp_path):
     out = io.StringIO()
+    with_warm_start = [o for o in TINY if not o.startswith("warm_start")]
+    warm = ",".join(o for o in TINY_RUN if o.startswith(("model.", "task.", "trainer.")))
     code = Comparison(
         GRPO,
-        ["policy_loss.eps=0.2,0.3,-1"],  # eps = -1 is refused when the loss is built
-        [*TINY, f"output_dir={tmp_path / 'cmp'}", f"tracking.uri={mlflow_server}", "tracking.experiment=compare-test"],
+        ["sampler.max_new_tokens=4,3,0"],  # 0 passes validation and is refused when the child builds its sampler
+        [*with_warm_start, f"warm_start.overrides=[{warm}]", f"output_dir={tmp_path / 'cmp'}",
+         f"tracking.uri={mlflow_server}", "tracking.experiment=compare-test", "sampler.num_generations=2"],
         steps=2,
         parallel=3,
         console=Console(file=out, width=200),
     ).run()
     assert code == 1  # one variant failed
     printed = out.getvalue()
-    assert "FAILED" in printed and "eps must be > 0" in printed
+    assert "FAILED" in printed and "max_new_tokens must be >= 1" in printed
+    # between children: which started, which are done, which still run
+    assert printed.count("started (log: ") == 3 and "[done 3/3]" in printed
+    assert re.search(r"✓ sampler.max_new_tokens=\d .*\[done [123]/3(; running: [^\]]+)?\]", printed)
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("compare-test")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
     [parent] = client.search_runs([experiment.experiment_id], "attributes.run_name = 'cmp-compare'")
     pid = parent.info.run_id
     assert parent.info.status == "FAILED"
-    assert parent.data.tags["compare.vary"] == "policy_loss.eps"
+    assert parent.data.tags["compare.vary"] == "sampler.max_new_tokens"
     assert parent.data.tags["compare.failed"] == "1"
     assert parent.data.params["trainer.max_steps"] == "2"  # the parent holds the shared config, --steps included
 
+    # the warm start is nested under the parent, tagged, and not one of the compared children
+    [warm_run] = client.search_runs([experiment.experiment_id], "tags.phase = 'warm_start'")
+    assert warm_run.data.tags["mlflow.parentRunId"] == pid and "compare.parent" not in warm_run.data.tags
+    assert warm_run.info.run_name == "cmp-warm_start"
+
     children = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], f"tags.`compare.parent` = '{pid}'")}
-    assert set(children) == {"policy_loss.eps=0.2", "policy_loss.eps=0.3", "policy_loss.eps=-1"}
+    assert set(children) == {f"sampler.max_new_tokens={n}" for n in (4, 3, 0)}
     for name, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == pid
-        assert run.data.tags["vary.policy_loss.eps"] == name.split("=")[1]
-        assert run.data.params["policy_loss.eps"] == name.split("=")[1]
+        assert run.data.tags["vary.sampler.max_new_tokens"] == name.split("=")[1]
+        assert run.data.params["sampler.max_new_tokens"] == name.split("=")[1]
         assert run.data.params["trainer.max_steps"] == "2"  # --steps
         assert run.data.params["tracking.parent_run_id"] == pid
 
-    failed = children["policy_loss.eps=-1"]
+    failed = children["sampler.max_new_tokens=0"]
     assert failed.info.status == "FAILED"
-    assert "eps must be > 0" in failed.data.tags["error"] and len(failed.data.tags["error"]) <= 500
+    assert "max_new_tokens must be >= 1" in failed.data.tags["error"] and len(failed.data.tags["error"]) <= 500
     assert "compare.log" in [a.path for a in client.list_artifacts(failed.info.run_id)]
 
     histories = []
-    for name in ("policy_loss.eps=0.2", "policy_loss.eps=0.3"):
+    for name in ("sampler.max_new_tokens=4", "sampler.max_new_tokens=3"):
         run = children[name]
         assert run.info.status == "FINISHED"
+        assert run.data.params["model.path"] == str(tmp_path / "cmp" / "warm_start" / "final")  # the shared warm start
         keys = sorted(run.data.metrics)
         histories.append({k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in keys})
     assert histories[0] == histories[1]  # the same metric keys at the same steps
@@ -295,5 +346,21 @@ def test_compare_records_children_failures_table_and_plots(mlflow_server, tmp_pa
     assert {"plots/curves.png", "summary.json", "summary.md", "config.yaml"} <= artifacts
     summary = json.loads(Path(client.download_artifacts(pid, "summary.json", str(tmp_path))).read_text())
     rows = dict(zip(summary["columns"], zip(*summary["data"])))
-    assert rows["variant"] == ("policy_loss.eps=0.2", "policy_loss.eps=0.3", "policy_loss.eps=-1")
+    assert rows["variant"] == ("sampler.max_new_tokens=4", "sampler.max_new_tokens=3", "sampler.max_new_tokens=0")
     assert rows["status"] == ("ok", "ok", "FAILED")
+
+    # the link printed at the end opens the children alone, as charts
+    url = re.search(r"side by side: (\S+)", printed).group(1)
+    assert url.startswith(f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+    assert pid in urllib.parse.unquote(url) and "compareRunsMode=CHART" in url
+    # the parent alone answers "which won": the table as its description, the finals as its metrics
+    description = parent.data.tags["mlflow.note.content"]
+    assert Path(client.download_artifacts(pid, "summary.md", str(tmp_path))).read_text() in description
+    assert "Best final eval/accuracy: **sampler.max_new_tokens=" in description
+    assert f"[the variants as charts]({url})" in description
+    for name in ("sampler.max_new_tokens=4", "sampler.max_new_tokens=3"):
+        final = children[name].data.metrics
+        key = name.replace("=", "-")
+        assert parent.data.metrics[f"final/eval/accuracy/{key}"] == pytest.approx(final["eval/accuracy"])
+        assert parent.data.metrics[f"final/reward/mean/{key}"] == pytest.approx(final["reward/mean"])
+    assert not any(k.endswith("sampler.max_new_tokens-0") for k in parent.data.metrics)  # the failed one has none
