@@ -232,7 +232,7 @@ def test_summary_pools_seeds_and_marks_failures():
     assert winners([grpo, rloo], "eval/accuracy") == [grpo, rloo]  # 0.5 = 0.5: a tie
     assert [r["variant"] for r in winners([grpo, rloo], "reward/mean")] == ["advantage=grpo"]
     assert winners([{**rloo, "eval/accuracy": None}], "eval/accuracy") == []
-    assert variant_key("advantage=rloo,policy_loss.eps_high=0.28,x=[1, 2]") == "advantage-rloo policy_loss.eps_high-0.28 x-_1 2_"
+    assert variant_key("advantage=rloo,policy_loss.eps_high=0.28,x=[1,2]") == "advantage-rloo policy_loss.eps_high-0.28 x-_1 2_"
     md = markdown_table([grpo, rloo])
     # std of (0.5, 0.7) = 0.2/√2 = 0.141; of (0.25, 0.75) = 0.5/√2 = 0.354
     assert "| advantage=grpo | ok | 0.600 ± 0.141 | 0.500 ± 0.354 |" in md
