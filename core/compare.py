@@ -5,6 +5,11 @@ product of all variations (times seeds ``0..K-1`` with ``--seeds K``). Values ar
 YAML scalars, exactly as ``key=value`` overrides are (``0.28`` a float, ``rloo`` a string,
 ``null`` None); a value that names another component replaces the whole component.
 
+Before anything runs, every variant's config is loaded and validated, and its policy loss
+and update rule are built: a bad value in any variant is a ``ConfigError`` naming it. A
+varied key that provably changes nothing in any variant (``pipeline.inert_parameters``: a
+clip range under on-policy updates) gets a warning line.
+
 Each child is a subprocess ``python -m rlloom.cli train CONFIG ...`` with its overrides,
 its own ``output_dir`` (``<output_dir>/compare/<name>``) and ``tracking.parent_run_id`` set;
 its output goes to ``compare.log`` there. Subprocesses, also in sequential mode, give each
@@ -12,15 +17,18 @@ child fresh accelerate/torch/MLflow state and keep one child's crash from ending
 ``--parallel P`` runs up to P at once; they share the machine's devices, and its CPUs
 through ``OMP_NUM_THREADS`` = CPUs / P unless that is set.
 
-A warm start is run once, before the children, and every child starts from its model,
-unless a varied key is under ``model.`` or ``warm_start.``: then each child warm-starts
-itself.
+A warm start is run once, before the children, as a run nested under the parent, and every
+child starts from its model, unless a varied key is under ``model.`` or ``warm_start.``:
+then each child warm-starts itself. A line says when each child starts and ends, with how
+many are done and which are running.
 
 A child that fails is a FAILED child run with tag ``error``; the others finish. At the end
 the parent run gets the summary table (``summary.json``, an MLflow table, and
-``summary.md``) and ``plots/curves.png`` (reward/mean and eval/accuracy of every variant,
-the mean over seeds with a min–max band), is FAILED when any child failed, and the table
-is printed.
+``summary.md``; as Markdown with the best variant named, its description) and
+``plots/curves.png`` (reward/mean and eval/accuracy of every variant, the mean over seeds
+with a min–max band), each variant's final values as its metrics
+(``final/<metric>/<variant>``), and is FAILED when any child failed; the table is printed,
+then a link to the variants side by side in the MLflow UI (``variants_url``).
 """
 from __future__ import annotations
 
@@ -40,7 +48,6 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-
 from rich.markup import escape
 
 from rlloom.errors import ConfigError, RlloomError
@@ -484,18 +491,8 @@ class Comparison:
         self.console.print(f"compare: the variants side by side: {self.view_url()}", highlight=False, soft_wrap=True)
 
     def view_url(self) -> str:
-        """The experiment's runs page showing this comparison's children alone, best final
-        eval/accuracy first, as charts. Filtered and sorted by a metric, MLflow lists the
-        children flat (not nested under the parent), and the warm start, not a child of the
-        comparison, is left out."""
-        from rlloom.tracking import experiment_url
-
-        return experiment_url(
-            self.uri, self.experiment_id,
-            searchFilter=f"tags.`compare.parent` = '{self.parent_run_id}'",
-            orderByKey="metrics.`eval/accuracy`", orderByAsc="false", compareRunsMode="CHART",
-        )
-
+        """This comparison's children side by side in the MLflow UI (``variants_url``)."""
+        return variants_url(self.uri, self.experiment_id, self.parent_run_id)
 
     def _description(self, rows: list[dict[str, Any]], summary: str) -> str:
         """The parent run's description (Markdown): what varied, the winner, the table."""
@@ -524,6 +521,19 @@ class Comparison:
         ]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.parent_run_id, metrics=metrics[i : i + 1000])
+
+
+def variants_url(uri: str, experiment_id: str, parent_run_id: str) -> str:
+    """The experiment's runs page showing a comparison's children alone, best final
+    eval/accuracy first, as charts. Filtered and sorted by a metric, MLflow lists the children
+    flat (not nested under the parent), and the warm start, not one of them, is left out."""
+    from rlloom.tracking import experiment_url
+
+    return experiment_url(
+        uri, experiment_id,
+        searchFilter=f"tags.`compare.parent` = '{parent_run_id}'",
+        orderByKey="metrics.`eval/accuracy`", orderByAsc="false", compareRunsMode="CHART",
+    )
 
 
 def variant_key(variant: str) -> str:

@@ -195,7 +195,7 @@ def inert_parameters(cfg: DictConfig, registry: Registry) -> dict[str, str]:
             inert[f"{kind}.{param}"] = (
                 f"{kind} '{name}' uses it only once an update has moved away from the sampling policy, "
                 f"and here each rollout gets one on-policy optimizer step (trainer.epochs=1, "
-                f"trainer.minibatches=1), so the ratio π_θ/π_old stays 1"
+                f"trainer.minibatches=1), so the ratio π_θ/π_old stays 1 (and V stays V_old)"
             )
     return inert
 
