@@ -36,3 +36,10 @@ class Progress:
     def close(self) -> None:
         if self.enabled:
             self.bar.stop()
+
+
+def notice(message: str) -> None:
+    """One line about the run on stderr (``rlloom: <message>``), outside the progress bar."""
+    import sys
+
+    print(f"rlloom: {message}", file=sys.stderr, flush=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rlloom.errors import ERROR_TAG_LEN
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LEN = 500
 
@@ -91,11 +93,14 @@ class Tracker:
 
             mlflow.log_artifact(str(path), artifact_path)
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the run with ``status``; a failed run gets its one-line reason as tag ``error``."""
         if self.enabled:
             import mlflow
 
             mlflow.flush_async_logging()
+            if error:
+                mlflow.set_tag("error", error[:ERROR_TAG_LEN])
             mlflow.end_run(status=status)
 
 
