@@ -7,12 +7,12 @@ training mode's component state such as the reference policy) loaded with
 not saved: every step reseeds from (seed, step, rank).
 
 It is written into ``step_<N>.tmp``; every file is flushed to disk, then ``complete.json``
-(each file's size) is written last and the directory renamed into place. A checkpoint counts
-only when its ``complete.json`` is there and every size matches, so a run killed or out of disk
-mid-write leaves an incomplete directory that resume skips (and says so) for the newest
-complete one. Resume also verifies the weights (readable, fitting the model, finite); a bad
-newest checkpoint stops the run with one line, or with ``resume_fallback: true`` is skipped
-for the one before it.
+(each file's size) is written last and the directory renamed into place. A checkpoint is
+complete only with its ``complete.json``, so a run killed or out of disk mid-write leaves an
+incomplete directory that resume skips (and says so) for the newest complete one. Resume then
+verifies what it loads (every file there with the size written, the weights readable, fitting
+the model and finite); a bad newest checkpoint stops the run with one line naming the file, or
+with ``resume_fallback: true`` is skipped for the one before it.
 """
 from __future__ import annotations
 
@@ -42,28 +42,30 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def incomplete(directory: Path) -> str | None:
-    """Why ``directory`` is not a complete checkpoint, or None when it is."""
-    if directory.name.endswith(TMP_SUFFIX):
+    """Why ``directory`` is not a complete checkpoint (its write did not finish), or None."""
+    if directory.name.endswith(TMP_SUFFIX) or not (directory / COMPLETE_FILE).is_file():
         return "its write did not finish"
-    marker = directory / COMPLETE_FILE
-    if not marker.is_file():
-        return f"no {COMPLETE_FILE}: its write did not finish"
-    try:
-        sizes = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{COMPLETE_FILE} cannot be read"
-    for name, size in sizes.items():
-        file = directory / name
-        if not file.is_file():
-            return f"{name} is missing"
-        if file.stat().st_size != size:
-            return f"{name} has {file.stat().st_size} bytes, {size} were written"
     return None
 
 
+def check_files(directory: Path) -> None:
+    """``TrainingError`` naming the file of the complete checkpoint ``directory`` that is
+    missing or changed size since it was written."""
+    try:
+        sizes = json.loads((directory / COMPLETE_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{directory / COMPLETE_FILE} cannot be read ({exc})") from exc
+    for name, size in sizes.items():
+        file = directory / name
+        if not file.is_file():
+            raise TrainingError(f"{file} is missing")
+        if file.stat().st_size != size:
+            raise TrainingError(f"{file} has {file.stat().st_size} bytes, {size} were written (truncated or replaced)")
+
+
 def scan(output_dir: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The complete checkpoints under ``output_dir``, newest first, and the incomplete ones
-    with the reason each is not complete."""
+    """The complete checkpoints under ``output_dir`` (their write finished), newest first, and
+    the incomplete ones with the reason each is not complete."""
     root = Path(output_dir) / "checkpoints"
     complete, skipped = [], []
     for directory in sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []:
@@ -111,7 +113,7 @@ def load_state(directory: Path) -> dict[str, Any]:
     try:
         return torch.load(directory / STATE_FILE, weights_only=True, map_location="cpu")
     except Exception as exc:  # a truncated or foreign file: say which
-        raise TrainingError(f"checkpoint {directory} cannot be read ({type(exc).__name__}: {exc})") from None
+        raise TrainingError(f"{directory / STATE_FILE} cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def save(rt: Runtime, mode: TrainingMode, step: int, run_id: str | None) -> None:
@@ -131,6 +133,7 @@ def save(rt: Runtime, mode: TrainingMode, step: int, run_id: str | None) -> None
 def read_checkpoint(directory: Path, policy: torch.nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """The trainer state, the language model's weights and the value head's (None without
     one) of ``directory``, each verified against ``policy``; nothing is loaded into it."""
+    check_files(directory)
     state = load_state(directory)
     weights = read_weights(directory / MODEL_FILE, unwrap_lm(policy))
     head = read_weights(directory / VALUE_HEAD_FILE, policy.value_head) if isinstance(policy, PolicyWithValue) else None

@@ -133,7 +133,7 @@ def load_policy(path: str, value_head: bool = False, dtype: str = "float32"):
     if missing or info["mismatched_keys"]:
         raise ConfigError(f"model.path: the weights in '{path}' do not fit its config (missing {missing[:3]}, shapes differ for {[k for k, *_ in info['mismatched_keys']][:3]})")
     try:
-        check_finite(lm.state_dict(), f"model.path: the weights in '{path}'")
+        check_finite(lm.state_dict(), f"model.path: {path}")
     except WeightsError as exc:
         raise ConfigError(str(exc)) from None
     if tokenizer.pad_token is None:
