@@ -37,7 +37,7 @@ def _nan(file):
 
 
 CORRUPTIONS = {  # how the file is damaged → what the one line says about it
-    "truncated": (_truncate, "bytes were written (truncated or replaced)"),
+    "truncated": (_truncate, "were written (truncated or replaced)"),
     "missing": (_delete, "model.safetensors is missing"),
     "bad_header": (_bad_header, "cannot be read (truncated or not a safetensors file"),
     "nan": (_nan, "holds non-finite weights (NaN or inf) in "),
