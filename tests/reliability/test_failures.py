@@ -1,6 +1,8 @@
 """A failed run says why in one line, on stderr and as its MLflow ``error`` tag; ``--traceback``
 (or ``RLLOOM_DEBUG=1``) adds the full traceback; a bug in a plugin is reported as the plugin's,
 with the original exception chained, never as a config mistake."""
+import sys
+
 import pytest
 from faults import GRPO, error_lines, runs, tiny_run
 
@@ -18,9 +20,10 @@ FAILING_REWARD = "def reward(prompts, completions, **columns):\n    return [1 / 
 def failing_reward(tmp_path, monkeypatch):
     """Overrides for a tiny run whose reward function raises ZeroDivisionError."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "my_rewards.py").write_text(FAILING_REWARD)
+    (tmp_path / "failing_reward.py").write_text(FAILING_REWARD)
     monkeypatch.syspath_prepend(str(tmp_path))
-    return tiny_run(tmp_path, tmp_path / "run", "reward={name: python, function: 'my_rewards:reward'}")
+    monkeypatch.delitem(sys.modules, "failing_reward", raising=False)  # this test's file, not a cached one
+    return tiny_run(tmp_path, tmp_path / "run", "reward={name: python, function: 'failing_reward:reward'}")
 
 
 def test_a_failed_run_is_tagged_with_the_line_it_prints(failing_reward, tmp_path, capsys):
