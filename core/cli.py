@@ -1,15 +1,28 @@
 """The ``rlloom`` command line: list, validate, train, compare.
 
-Errors caused by input print one message to stderr and exit with status 2, no traceback.
+Errors caused by input print one message to stderr and exit with status 2; any other failure
+prints one line and exits with status 1 (``--traceback`` or ``RLLOOM_DEBUG=1`` adds the full
+traceback). SIGTERM ends a run as Ctrl-C does: the MLflow run is KILLED, the last checkpoint
+stays, exit status 143.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+import traceback
 
-from rlloom.errors import RlloomError
+from rlloom.errors import RlloomError, one_line
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised in the main thread, so a run ends exactly as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -61,25 +74,29 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--traceback", action="store_true", help="on an error, print the full traceback too (or set RLLOOM_DEBUG=1)"
+    )
     parser = argparse.ArgumentParser(prog="rlloom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="what is registered, by whom, one line each")
+    p = sub.add_parser("list", parents=[common], help="what is registered, by whom, one line each")
     p.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("validate", help="check component names and parameters without building")
+    p = sub.add_parser("validate", parents=[common], help="check component names and parameters without building")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("train", help="run a pipeline")
+    p = sub.add_parser("train", parents=[common], help="run a pipeline")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("compare", help="variants of a pipeline as MLflow child runs under one parent run")
+    p = sub.add_parser("compare", parents=[common], help="variants of a pipeline as MLflow child runs under one parent run")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every variant")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="values of one key (repeatable)")
@@ -115,14 +132,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("train", "compare"):
         _quiet_libraries()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    show_traceback = args.traceback or os.environ.get("RLLOOM_DEBUG") == "1"
     try:
         return args.func(args)
-    except RlloomError as exc:
-        print(f"rlloom: error: {exc}", file=sys.stderr)
-        return 2
+    except Terminated:
+        print("rlloom: terminated (SIGTERM); the last checkpoint is kept, resume=true continues from it", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("rlloom: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if show_traceback:
+            traceback.print_exc()
+        if isinstance(exc, RlloomError):
+            print(f"rlloom: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        hint = "" if show_traceback else " (--traceback shows where)"
+        print(f"rlloom: error: {one_line(exc)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
-from rlloom.errors import ConfigError, RlloomError
+from rlloom.errors import ERROR_TAG_LEN, ConfigError, RlloomError, one_line
 
 PLOTTED = ("reward/mean", "eval/accuracy")
 THROUGHPUT = "throughput/tokens_per_s"
@@ -61,7 +61,6 @@ COLUMNS = (  # (summary key, header, decimals)
     (THROUGHPUT, "tokens/s", 0),
 )
 SHARED_WARM_START_BLOCKERS = ("model.", "warm_start.")
-ERROR_TAG_LEN = 500
 LOG_NAME = "compare.log"
 
 
@@ -231,6 +230,7 @@ class Comparison:
         from rich.console import Console
 
         from rlloom.config import find_config, load_config, validate_config
+        from rlloom.files import check_output_dir
         from rlloom.settings import load_settings
         from rlloom.tracking import resolve_uri
 
@@ -246,6 +246,7 @@ class Comparison:
         self.base = load_config(self.config, self.overrides)
         validate_config(self.base)
         self.settings = load_settings(self.base)
+        check_output_dir(self.settings.output_dir)
         self.uri = resolve_uri(self.settings.tracking.uri)
         self.experiment = self.settings.tracking.experiment
         self.root = Path(self.settings.output_dir) / "compare"
@@ -343,7 +344,7 @@ class Comparison:
             status = "KILLED"
             raise
         except Exception as exc:
-            self.client.set_tag(self.parent_run_id, "error", str(exc)[:ERROR_TAG_LEN])
+            self.client.set_tag(self.parent_run_id, "error", one_line(exc)[:ERROR_TAG_LEN])
             raise
         finally:
             self.client.set_terminated(self.parent_run_id, status)
@@ -416,7 +417,8 @@ class Comparison:
             line = f"[green]✓[/] {escape(child.name)}  ({result.wall_s:.1f} s)"
         else:
             log_text = log_path.read_text(errors="replace")
-            result.error = (
+            own = self.client.get_run(result.run_id).data.tags.get("error") if result.run_id else None
+            result.error = own or (
                 error_message(log_text, proc.returncode) if proc.returncode else "finished without an MLflow run"
             )
             self._record_failure(result, log_path)
@@ -441,7 +443,8 @@ class Comparison:
 
     def _record_failure(self, result: Result, log_path: Path) -> None:
         """The child's run (created here when the child failed before starting one) is
-        FAILED with tag ``error``; its log is an artifact."""
+        FAILED with tag ``error`` (the child's own, when it tagged its run); its log is an
+        artifact."""
         child = result.child
         if result.run_id is None:
             tags = {"mlflow.parentRunId": self.parent_run_id, **child.tags(self.parent_run_id)}

@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 
 from rlloom import checkpoint
 from rlloom.config import disabled_plugins, validate_config
+from rlloom.errors import one_line
+from rlloom.files import check_output_dir, writing
 from rlloom.online import OnlineMode
 from rlloom.pipeline import build_pipeline
 from rlloom.preference import PreferenceMode
@@ -41,6 +43,7 @@ class Trainer:
         self.registry = Registry.from_plugins(plugin_manager) if plugin_manager else get_registry(disable)
         validate_config(cfg, self.registry)
         self.cfg = load_settings(cfg)
+        check_output_dir(self.cfg.output_dir)
         from accelerate import Accelerator
 
         accelerator = Accelerator(mixed_precision=self.cfg.trainer.mixed_precision)
@@ -65,7 +68,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         source = f"from {cfg.model.path}" if cfg.model.path else "from a new embedded model"
         progress = Progress(self.phase, f"{cfg.algorithm} {source}", t.max_steps, start_step, main)
-        status = "FAILED"
+        status, error = "FAILED", None
         try:
             # EVALUATE where the policy begins
             if start_step == 0 and t.eval_every > 0:
@@ -93,15 +96,20 @@ class Trainer:
                 hooks.rlloom_after_step(step=done, metrics=metrics)
                 progress.update(metrics)
             if main:
-                save_policy(rt.policy, rt.tokenizer, Path(cfg.output_dir) / FINAL_MODEL)
+                final = Path(cfg.output_dir) / FINAL_MODEL
+                with writing("the final model", final):
+                    save_policy(rt.policy, rt.tokenizer, final)
             hooks.rlloom_run_end(step=t.max_steps, metrics=metrics)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except Exception as exc:
+            error = one_line(exc)
+            raise
         finally:
             progress.close()
-            tracker.end(status)
+            tracker.end(status, error)
         return metrics
 
 
@@ -114,8 +122,9 @@ def set_step_seed(seed: int, step: int, rank: int) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """``rlloom train``: the warm start first when one is configured, then the run itself;
-    the process group (under ``accelerate launch``) is closed at the end."""
+    """``rlloom train``: ``output_dir`` checked, the warm start first when one is configured,
+    then the run itself; the process group (under ``accelerate launch``) is closed at the end."""
+    check_output_dir(load_settings(cfg).output_dir)
     trainer = Trainer(prepare_warm_start(cfg))
     try:
         return trainer.train()

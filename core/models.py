@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from rlloom.errors import ConfigError
+from rlloom.weights import WeightsError, check_finite, expected_shapes, read_weights
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -119,11 +120,22 @@ def load_policy(path: str, value_head: bool = False, dtype: str = "float32"):
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"model.dtype: unknown dtype '{dtype}' (float32, bfloat16, float16)")
+    local = Path(path)
+    for file in sorted(local.glob("*.safetensors")) if local.is_dir() else []:
+        _check_readable(file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True)
+        lm, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, use_safetensors=True, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.path: cannot load a causal LM from '{path}': {exc}") from None
+    _, tied = expected_shapes(lm)
+    missing = [k for k in info["missing_keys"] if k not in tied]
+    if missing or info["mismatched_keys"]:
+        raise ConfigError(f"model.path: the weights in '{path}' do not fit its config (missing {missing[:3]}, shapes differ for {[k for k, *_ in info['mismatched_keys']][:3]})")
+    try:
+        check_finite(lm.state_dict(), f"model.path: {path}")
+    except WeightsError as exc:
+        raise ConfigError(str(exc)) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not value_head:
@@ -131,5 +143,19 @@ def load_policy(path: str, value_head: bool = False, dtype: str = "float32"):
     model = PolicyWithValue(lm)
     head_file = Path(path) / VALUE_HEAD_FILE
     if head_file.is_file():
-        model.value_head.load_state_dict(load_file(str(head_file)))
+        try:
+            model.value_head.load_state_dict(read_weights(head_file, model.value_head))
+        except WeightsError as exc:
+            raise ConfigError(f"model.path: {exc}") from None
     return model, tokenizer
+
+
+def _check_readable(file: Path) -> None:
+    """``ConfigError`` naming ``file`` when its safetensors header or size is broken."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"model.path: {file} cannot be read (truncated or not a safetensors file: {exc})") from None

@@ -15,7 +15,7 @@ import torch
 from rlloom import forward as fwd
 from rlloom.batch import RolloutBatch
 from rlloom.data import StepIndex, prompt_batch
-from rlloom.errors import ConfigError, TrainingError
+from rlloom.errors import ConfigError, TrainingError, component_call
 from rlloom.evaluation import GreedyEvaluation, chunks
 from rlloom.kinds import AggregationScope, RefUpdate
 from rlloom.metrics import MetricAccumulator
@@ -83,10 +83,8 @@ class OnlineMode:
                 batch.token_rewards = prior - kl.control.coef * kl_tok
                 metrics["kl/reward_mean"] = masked_mean(kl_tok, batch.mask).item()
         # ADVANTAGE
-        try:
+        with component_call(parts.advantage_label):
             adv = parts.advantage(batch)
-        except ValueError as exc:
-            raise ConfigError(f"advantage: {exc}") from None
         batch.advantages, batch.returns = adv.advantages, adv.returns
         metrics.update(adv.metrics)
         # UPDATE: epochs × minibatches, each an optimizer step over microbatches

@@ -44,6 +44,7 @@ class OnlineParts:
 
     sampler: Any
     advantage: Any
+    advantage_label: str  # "advantage 'grpo' from plugin '...'": who raised, when it raises
     ref_policy: Any | None  # None: no KL term, so no reference
     kl: KLTerm | None
     value_loss: Any | None  # None: no critic
@@ -162,6 +163,7 @@ def _build_online(cfg: DictConfig, registry: Registry, world: int, rule: Any) ->
     return OnlineParts(
         sampler=sampler,
         advantage=advantage,
+        advantage_label=registry.label("advantage", cfg.advantage),
         ref_policy=ref_policy,
         kl=kl,
         value_loss=value_loss,

@@ -99,3 +99,10 @@ class Progress:
         if self.bar is None:
             text = f"{text}  ({time.perf_counter() - self.started:.0f} s)".lstrip()
         self.console.print(f"{head}  {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """One line about the run on stderr (``rlloom: <message>``), outside the progress bar."""
+    import sys
+
+    print(f"rlloom: {message}", file=sys.stderr, flush=True)

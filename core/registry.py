@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pluggy
 
 from rlloom import hookspecs
-from rlloom.errors import ConfigError, PluginLoadError, RegistryError
+from rlloom.errors import ConfigError, PluginLoadError, RegistryError, component_call
 from rlloom.kinds import KINDS, conform, engine_keys, nested_components
 
 ENTRY_POINT_GROUP = "rlloom.plugins"
@@ -223,6 +223,11 @@ class Registry:
             raise RegistryError(_unknown(kind, name, sorted(section)))
         return section[name]
 
+    def label(self, kind: str, spec: Any) -> str:
+        """``kind 'name' from plugin 'package.module'``: who provides the component ``spec`` names."""
+        name, _ = split_spec(spec, kind)
+        return f"{kind} '{name}' from plugin '{self.get(kind, name).plugin}'"
+
     def bind(self, kind: str, spec: Any, path: str) -> tuple[Entry, dict[str, Any]]:
         """Check ``spec`` (``name`` or ``{name: ..., **params}``) against its factory.
 
@@ -273,8 +278,9 @@ class Registry:
             if param in params:
                 params[param] = self.build(nested_kind, params[param], f"{path}.{param}")
         try:
-            component = entry.factory(**params)
-        except (ValueError, TypeError) as exc:
+            with component_call(f"{path}: {self.label(kind, spec)}"):
+                component = entry.factory(**params)
+        except ConfigError as exc:  # the factory refused a value (ParameterError)
             raise ConfigError(f"{path}: {kind} '{entry.name}': {exc}") from exc
         conform(kind, component, f"{path} ('{entry.name}' from plugin '{entry.plugin}')")
         return component

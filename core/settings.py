@@ -81,7 +81,8 @@ class Settings:
     algorithm: str = "custom"
     seed: int = 0
     output_dir: str = "runs/default"
-    resume: bool = False
+    resume: bool = False  # continue from the newest complete checkpoint in output_dir
+    resume_fallback: bool = False  # a corrupt newest checkpoint: resume from the one before (else stop)
     model: ModelSettings = field(default_factory=ModelSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)

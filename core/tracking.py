@@ -13,12 +13,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from rlloom.errors import ERROR_TAG_LEN
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM_LEN = 500
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
-"""The experiment kind MLflow 3's UI shows as "Machine learning": it opens such an experiment
-on its runs table and charts, not on the GenAI overview of traces."""
+"""The experiment kind MLflow's UI calls "Machine learning". A UI that takes its landing page
+from the kind opens such an experiment on its runs and charts, not on the GenAI overview of
+traces; one with a GenAI / model-training switch (MLflow 3.17) follows the switch instead,
+which a page address can set (``experiment_url``)."""
 UI_ADDRESS = "http://127.0.0.1:5000"
 """Where ``mlflow ui`` serves by default (the UI of a local store)."""
 
@@ -123,11 +127,14 @@ class Tracker:
 
             mlflow.log_artifact(str(path), artifact_path)
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the run with ``status``; a failed run gets its one-line reason as tag ``error``."""
         if self.enabled:
             import mlflow
 
             mlflow.flush_async_logging()
+            if error:
+                mlflow.set_tag("error", error[:ERROR_TAG_LEN])
             mlflow.end_run(status=status)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.kinds import AggregationScope
 
@@ -84,7 +85,7 @@ class SeqMeanTokenSumNorm:
 
     def __init__(self, max_len: int | None = None, divide_by_sequences: bool = True):
         if max_len is not None and not max_len > 0:
-            raise ValueError(f"max_len must be a positive token count or null, got {max_len}")
+            raise ParameterError(f"max_len must be a positive token count or null, got {max_len}")
         self.max_len = max_len
         self.divide_by_sequences = bool(divide_by_sequences)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.rewarding import column
@@ -37,7 +38,7 @@ class Overlong:
 
     def __init__(self, max_len: int, cache_len: int):
         if not 0 < cache_len <= max_len:
-            raise ValueError(f"need 0 < cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
+            raise ParameterError(f"need 0 < cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
         self.max_len, self.cache_len = int(max_len), int(cache_len)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
@@ -65,7 +66,7 @@ class DynamicSampling(WrappingSampler):
 
     def __init__(self, base: Any, max_batches: int = 3):
         if max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+            raise ParameterError(f"max_batches must be >= 1, got {max_batches}")
         super().__init__(base)
         self.max_batches = max_batches
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import PreferenceBatch
 from rlloom.kinds import LossOutput
@@ -60,9 +61,9 @@ class PreferenceLoss(ABC):
         reference_free: bool = False,
     ):
         if not (beta > 0.0 and math.isfinite(beta)):
-            raise ValueError(f"beta must be a finite number > 0, got {beta}")
+            raise ParameterError(f"beta must be a finite number > 0, got {beta}")
         if not (sft_weight >= 0.0 and math.isfinite(sft_weight)):
-            raise ValueError(f"sft_weight must be a finite number >= 0, got {sft_weight}")
+            raise ParameterError(f"sft_weight must be a finite number >= 0, got {sft_weight}")
         self.beta = float(beta)
         self.sft_weight = float(sft_weight)
         self.length_average = bool(length_average)
@@ -188,7 +189,7 @@ class _NoisyLabelLoss(PreferenceLoss):
     ):
         super().__init__(beta, sft_weight, length_average, reference_free)
         if not 0.0 <= label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+            raise ParameterError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
@@ -60,9 +61,9 @@ class GRPOAdvantage:
         clip: float | None = None,
     ):
         if scale not in GROUP_SCALES:
-            raise ValueError(f"scale must be one of {', '.join(GROUP_SCALES)}, got {scale!r}")
+            raise ParameterError(f"scale must be one of {', '.join(GROUP_SCALES)}, got {scale!r}")
         if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
+            raise ParameterError(f"eps must be >= 0, got {eps!r}")
         self.scale = scale
         self.eps = float(eps)
         self.leave_one_out = bool(leave_one_out)

@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 
 
@@ -48,7 +49,7 @@ def _finite_log_softmax(logits: Tensor) -> Tensor:
 
 def _check_positive(name: str, value: float | None) -> None:
     if value is not None and not value > 0:
-        raise ValueError(f"{name} must be > 0 or null, got {value}")
+        raise ParameterError(f"{name} must be > 0 or null, got {value}")
 
 
 class _LogRatioKL:
@@ -142,7 +143,7 @@ class K3:
         clamp_output: float | None = None,
     ):
         if direction not in self.DIRECTIONS:
-            raise ValueError(f"direction must be one of {', '.join(self.DIRECTIONS)}, got {direction!r}")
+            raise ParameterError(f"direction must be one of {', '.join(self.DIRECTIONS)}, got {direction!r}")
         _check_positive("clamp", clamp)
         _check_positive("clamp_output", clamp_output)
         self.direction = direction

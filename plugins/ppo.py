@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import LossOutput
@@ -69,7 +70,7 @@ class PPOClip:
         self.eps_low = check_positive("eps_low", eps if eps_low is None else eps_low)
         self.eps_high = check_positive("eps_high", eps if eps_high is None else eps_high)
         if dual_clip is not None and not dual_clip > 1:
-            raise ValueError(f"dual_clip must be > 1 or null (off), got {dual_clip!r}")
+            raise ParameterError(f"dual_clip must be > 1 or null (off), got {dual_clip!r}")
         self.dual_clip = dual_clip
 
     def __call__(self, logprobs: Tensor, batch: RolloutBatch, logits: Tensor | None = None) -> LossOutput:

@@ -17,6 +17,7 @@ from typing import Any
 
 import datasets
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.data import check_preference_rows
 from rlloom.plugins.tasks import ARITHMETIC_ALPHABET, ArithmeticTask, DatasetTask
@@ -73,9 +74,9 @@ class ArithmeticPairsTask:
         max_delta: int = 3,
     ):
         if wrong not in WRONG_KINDS:
-            raise ValueError(f"wrong must be one of {', '.join(WRONG_KINDS)}, got {wrong!r}")
+            raise ParameterError(f"wrong must be one of {', '.join(WRONG_KINDS)}, got {wrong!r}")
         if max_delta < 1:
-            raise ValueError(f"max_delta must be >= 1, got {max_delta}")
+            raise ParameterError(f"max_delta must be >= 1, got {max_delta}")
         self.source = ArithmeticTask(num_train, num_test, seed, max_value, ops, num_terms, multistep)
         self.seed, self.wrong, self.max_delta = seed, wrong, max_delta
 

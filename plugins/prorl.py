@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.kinds import RefUpdate
 from rlloom.algos.reference import FrozenCopy
@@ -20,7 +21,7 @@ class PeriodicReset(FrozenCopy):
     def __init__(self, every: int = 50, reset_optimizer: bool = True):
         super().__init__()
         if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+            raise ParameterError(f"every must be >= 1, got {every}")
         self.every, self.reset_optimizer = every, reset_optimizer
 
     def on_step_end(self, step: int, policy: Any, metrics: dict[str, float]) -> RefUpdate:

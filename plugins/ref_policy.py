@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.kinds import RefUpdate
 from rlloom.models import unwrap_lm
@@ -48,9 +49,9 @@ class EMA(FrozenCopy):
     def __init__(self, rate: float = 0.05, every: int = 1):
         super().__init__()
         if not 0 < rate <= 1:
-            raise ValueError(f"rate must be in (0, 1], got {rate}")
+            raise ParameterError(f"rate must be in (0, 1], got {rate}")
         if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+            raise ParameterError(f"every must be >= 1, got {every}")
         self.rate, self.every = rate, every
 
     @torch.no_grad()
@@ -75,7 +76,7 @@ class KLDominanceReset(FrozenCopy):
     def __init__(self, ratio: float = 1.0, min_interval: int = 10, reset_optimizer: bool = False):
         super().__init__()
         if ratio <= 0:
-            raise ValueError(f"ratio must be > 0, got {ratio}")
+            raise ParameterError(f"ratio must be > 0, got {ratio}")
         self.ratio, self.min_interval, self.reset_optimizer = ratio, min_interval, reset_optimizer
         self.last_reset = -min_interval
 

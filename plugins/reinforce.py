@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
@@ -94,7 +95,7 @@ class ReinforcePPAdvantage:
 
     def __init__(self, gamma: float = 1.0, clip: float | None = None, baseline: str = "group"):
         if baseline not in self.BASELINES:
-            raise ValueError(
+            raise ParameterError(
                 f"baseline must be one of {', '.join(self.BASELINES)} ('group': minus the group's mean "
                 f"reward; 'none': plain REINFORCE++), got {baseline!r}"
             )

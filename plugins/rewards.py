@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.rewarding import column
 
@@ -119,7 +120,7 @@ class Format:
         try:
             self.regex = re.compile(pattern, re.DOTALL)
         except re.error as exc:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+            raise ParameterError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
         self.reward, self.penalty = float(reward), float(penalty)
 
     def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
@@ -147,7 +148,7 @@ class RewardModel:
         device: str | None = None,
     ):
         if batch_size < 1 or max_length < 1 or label_index < 0:
-            raise ValueError(
+            raise ParameterError(
                 f"need batch_size >= 1, max_length >= 1 and label_index >= 0, got "
                 f"{batch_size}, {max_length}, {label_index}"
             )
@@ -199,17 +200,17 @@ def _resolve(path: str) -> Callable:
     if not sep:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
-        raise ValueError(f"function '{path}' must be given as 'package.module:function'")
+        raise ParameterError(f"function '{path}' must be given as 'package.module:function'")
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code
-        raise ValueError(f"function '{path}': cannot import '{module_name}': {type(exc).__name__}: {exc}") from exc
+        raise ParameterError(f"function '{path}': cannot import '{module_name}': {type(exc).__name__}: {exc}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"function '{path}': '{module_name}' has no attribute '{attr}'")
+            raise ParameterError(f"function '{path}': '{module_name}' has no attribute '{attr}'")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"function '{path}' is a {type(obj).__name__}, not a callable")
+        raise ParameterError(f"function '{path}' is a {type(obj).__name__}, not a callable")
     return obj
 
 
@@ -227,7 +228,7 @@ class Python:
         try:
             inspect.signature(fn).bind_partial(**kwargs)
         except TypeError as exc:
-            raise ValueError(f"function '{function}' does not take kwargs {sorted(kwargs)}: {exc}") from None
+            raise ParameterError(f"function '{function}' does not take kwargs {sorted(kwargs)}: {exc}") from None
         except ValueError:  # no signature to check (some builtins)
             pass
         self.function = function

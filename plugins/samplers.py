@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
 from rlloom.models import unwrap_lm
@@ -29,13 +30,13 @@ class GenerateSampler:
         max_new_tokens: int = 16,
     ):
         if num_generations < 1:
-            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+            raise ParameterError(f"num_generations must be >= 1, got {num_generations}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use a small value for near-greedy), got {temperature}")
+            raise ParameterError(f"temperature must be > 0 (use a small value for near-greedy), got {temperature}")
         if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            raise ParameterError(f"top_p must be in (0, 1], got {top_p}")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise ParameterError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.num_generations = num_generations
         self.temperature = temperature
         self.top_p = top_p

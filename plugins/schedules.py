@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 
 
@@ -26,7 +27,7 @@ class _Warmup:
 
     def __init__(self, warmup_steps: int = 0):
         if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+            raise ParameterError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         self.warmup_steps = warmup_steps
 
     def __call__(self, step: int, total_steps: int) -> float:
@@ -44,7 +45,7 @@ class _MinRatio(_Warmup):
     def __init__(self, min_ratio: float = 0.0, warmup_steps: int = 0):
         super().__init__(warmup_steps)
         if not 0.0 <= min_ratio <= 1.0:
-            raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
+            raise ParameterError(f"min_ratio must be in [0, 1], got {min_ratio}")
         self.min_ratio = min_ratio
 
     def decay(self, t: int, horizon: int) -> float:
@@ -98,7 +99,7 @@ class Exponential(_Warmup):
     def __init__(self, gamma: float = 0.99, warmup_steps: int = 0):
         super().__init__(warmup_steps)
         if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+            raise ParameterError(f"gamma must be in (0, 1], got {gamma}")
         self.gamma = gamma
 
     def decay(self, t: int, horizon: int) -> float:

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import SFTBatch
 from rlloom.kinds import LossOutput
@@ -81,11 +82,11 @@ class NLL:
 
     def __init__(self, label_smoothing: float = 0.0, focal_gamma: float = 0.0, focal_alpha: float = 1.0):
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ParameterError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if not focal_gamma >= 0.0:
-            raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
+            raise ParameterError(f"focal_gamma must be >= 0, got {focal_gamma}")
         if not focal_alpha > 0.0:
-            raise ValueError(f"focal_alpha must be > 0, got {focal_alpha}")
+            raise ParameterError(f"focal_alpha must be > 0, got {focal_alpha}")
         self.label_smoothing = float(label_smoothing)
         self.focal_gamma = float(focal_gamma)
         self.focal_alpha = float(focal_alpha)

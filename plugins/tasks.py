@@ -23,7 +23,7 @@ from typing import Any
 import datasets
 
 from rlloom import hookimpl
-from rlloom.errors import DataError
+from rlloom.errors import DataError, ParameterError
 
 SPLITS = ("train", "test")
 
@@ -36,7 +36,7 @@ _OPS = "+-*"
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise ParameterError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
 def _reduce_once(terms: list[int], ops: list[str]) -> None:
@@ -88,19 +88,19 @@ class ArithmeticTask:
         multistep: bool = False,
     ):
         if num_train < 1 or num_test < 0:
-            raise ValueError(f"need num_train >= 1 and num_test >= 0, got {num_train}, {num_test}")
+            raise ParameterError(f"need num_train >= 1 and num_test >= 0, got {num_train}, {num_test}")
         if max_value < 1:
-            raise ValueError(f"max_value must be >= 1, got {max_value}")
+            raise ParameterError(f"max_value must be >= 1, got {max_value}")
         if not ops or any(op not in _OPS for op in ops):
-            raise ValueError(f"ops must be a non-empty string of characters from {_OPS!r}, got {ops!r}")
+            raise ParameterError(f"ops must be a non-empty string of characters from {_OPS!r}, got {ops!r}")
         if num_terms < 2:
-            raise ValueError(f"num_terms must be >= 2, got {num_terms}")
+            raise ParameterError(f"num_terms must be >= 2, got {num_terms}")
         if multistep and num_terms < 3:
-            raise ValueError(f"multistep needs num_terms >= 3 (two or more steps), got {num_terms}")
+            raise ParameterError(f"multistep needs num_terms >= 3 (two or more steps), got {num_terms}")
         ops = "".join(sorted(set(ops), key=_OPS.index))
         distinct = (max_value + 1) ** num_terms * len(ops) ** (num_terms - 1)
         if num_train + num_test > distinct:
-            raise ValueError(
+            raise ParameterError(
                 f"num_train + num_test = {num_train + num_test} exceeds the {distinct} distinct "
                 f"problems with max_value={max_value}, ops={ops!r}, num_terms={num_terms}"
             )
@@ -197,11 +197,11 @@ class DatasetTask:
         max_rows: int | None = None,
     ):
         if not path:
-            raise ValueError("path must name a data file, a directory or a datasets dataset")
+            raise ParameterError("path must name a data file, a directory or a datasets dataset")
         if not 0.0 <= test_size < 1.0:
-            raise ValueError(f"test_size must be in [0, 1), got {test_size}")
+            raise ParameterError(f"test_size must be in [0, 1), got {test_size}")
         if max_rows is not None and max_rows < 1:
-            raise ValueError(f"max_rows must be >= 1 or null, got {max_rows}")
+            raise ParameterError(f"max_rows must be >= 1 or null, got {max_rows}")
         self.path = str(path)
         self.fields = {"prompt": prompt_field, "answer": answer_field, "completion": completion_field}
         self.train_split, self.test_split = train_split, test_split

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.algos.trust_region import conjugate_gradient, flat, set_flat
 from rlloom.batch import RolloutBatch
@@ -85,13 +86,13 @@ class NaturalGradient:
         max_backtracks: int = 10,
     ):
         if not max_kl > 0:
-            raise ValueError(f"max_kl must be > 0, got {max_kl}")
+            raise ParameterError(f"max_kl must be > 0, got {max_kl}")
         if damping < 0:
-            raise ValueError(f"damping must be >= 0, got {damping}")
+            raise ParameterError(f"damping must be >= 0, got {damping}")
         if cg_iters < 1 or max_backtracks < 1:
-            raise ValueError(f"cg_iters and max_backtracks must be >= 1, got {cg_iters}, {max_backtracks}")
+            raise ParameterError(f"cg_iters and max_backtracks must be >= 1, got {cg_iters}, {max_backtracks}")
         if not 0 < backtrack_factor < 1:
-            raise ValueError(f"backtrack_factor must be in (0, 1), got {backtrack_factor}")
+            raise ParameterError(f"backtrack_factor must be in (0, 1), got {backtrack_factor}")
         self.max_kl, self.damping, self.cg_iters = max_kl, damping, cg_iters
         self.backtrack_factor, self.max_backtracks = backtrack_factor, max_backtracks
 

@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from rlloom.errors import ParameterError
 from rlloom import hookimpl
 
 
@@ -20,11 +21,11 @@ class AdamW:
 
     def __init__(self, weight_decay: float = 0.0, betas: list[float] = (0.9, 0.999), eps: float = 1e-8):
         if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+            raise ParameterError(f"weight_decay must be >= 0, got {weight_decay}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {list(betas)}")
+            raise ParameterError(f"betas must be two numbers in [0, 1), got {list(betas)}")
         if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
+            raise ParameterError(f"eps must be > 0, got {eps}")
         self.weight_decay, self.betas, self.eps = weight_decay, tuple(betas), eps
 
     def make_optimizer(self, params: list[Any], lr: float) -> torch.optim.Optimizer:

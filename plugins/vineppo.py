@@ -14,7 +14,7 @@ from torch import Tensor
 
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
-from rlloom.errors import ConfigError, TrainingError
+from rlloom.errors import ConfigError, ParameterError, TrainingError
 from rlloom.kinds import AdvantageOutput
 from rlloom.rollout import PromptBatch, SamplerContext, WrappingSampler
 from rlloom.algos.returns import (
@@ -98,7 +98,7 @@ class KStepAdvantage:
 
     def __init__(self, k: int = 1, gamma: float = 1.0, clip: float | None = None):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+            raise ParameterError(f"k must be an integer >= 1, got {k!r}")
         self.k = k
         self.gamma = check_unit("gamma", gamma)
         self.clip = check_clip(clip)
@@ -153,16 +153,16 @@ class VineSampler(WrappingSampler):
 
     def __init__(self, base: Any, num_rollouts: int = 4, delimiter: str = "\n", max_states_per_call: int | None = None):
         if not callable(base):
-            raise ValueError(f"base must be a sampler (callable), got {type(base).__name__}")
+            raise ParameterError(f"base must be a sampler (callable), got {type(base).__name__}")
         if isinstance(num_rollouts, bool) or not isinstance(num_rollouts, int) or num_rollouts < 1:
-            raise ValueError(f"num_rollouts (K continuations per state) must be an integer >= 1, got {num_rollouts!r}")
+            raise ParameterError(f"num_rollouts (K continuations per state) must be an integer >= 1, got {num_rollouts!r}")
         if not isinstance(delimiter, str) or not delimiter:
-            raise ValueError(f"delimiter must be a non-empty string (the text ending a reasoning step), "
+            raise ParameterError(f"delimiter must be a non-empty string (the text ending a reasoning step), "
                              f"got {delimiter!r}")
         if max_states_per_call is not None and (
             isinstance(max_states_per_call, bool) or not isinstance(max_states_per_call, int) or max_states_per_call < 1
         ):
-            raise ValueError(f"max_states_per_call must be an integer >= 1 or null (all states in one call), "
+            raise ParameterError(f"max_states_per_call must be an integer >= 1 or null (all states in one call), "
                              f"got {max_states_per_call!r}")
         super().__init__(base)
         self.num_rollouts, self.delimiter = num_rollouts, delimiter

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom.batch import RolloutBatch
 from rlloom.ops import masked_mean
 
@@ -31,7 +32,7 @@ LOG_RATIO_LIMIT = 20.0
 def check_positive(name: str, value: float) -> float:
     """``value`` > 0, else ValueError naming the parameter."""
     if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise ParameterError(f"{name} must be > 0, got {value!r}")
     return value
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlloom.errors import ParameterError
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import AdvantageOutput
 from rlloom.ops import masked_mean, masked_var
@@ -21,14 +22,14 @@ from rlloom.ops import masked_mean, masked_var
 def check_clip(clip: float | None) -> float | None:
     """``clip`` is None (no clipping) or a positive bound."""
     if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be a positive number or null (no clipping), got {clip!r}")
+        raise ParameterError(f"clip must be a positive number or null (no clipping), got {clip!r}")
     return clip
 
 
 def check_unit(name: str, value: float) -> float:
     """A discount-like parameter in [0, 1]."""
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+        raise ParameterError(f"{name} must lie in [0, 1], got {value!r}")
     return float(value)
 
 
