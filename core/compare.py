@@ -246,7 +246,6 @@ class Comparison:
         self.base = load_config(self.config, self.overrides)
         validate_config(self.base)
         self.settings = load_settings(self.base)
-        check_output_dir(self.settings.output_dir)
         self.uri = resolve_uri(self.settings.tracking.uri)
         self.experiment = self.settings.tracking.experiment
         self.root = Path(self.settings.output_dir) / "compare"
@@ -256,6 +255,7 @@ class Comparison:
         self.model_path: str | None = None
         self.parent_run_id: str | None = None
         self.warnings = self._check_variants()
+        check_output_dir(self.settings.output_dir)
         self._lock = threading.Lock()
         self.running: list[str] = []
         self.finished = 0
