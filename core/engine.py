@@ -85,7 +85,7 @@ class Trainer:
                     metrics.update(mode.evaluate())
                 # LOG
                 tracker.log_metrics(metrics, done)
-                if main and (done % max(t.eval_every, 1) == 0 or done == t.max_steps):
+                if main and logs_completions(t, done):
                     table = mode.completion_table(t.log_completions)
                     if table is not None:
                         tracker.log_table(table, f"completions/step_{done:06d}.json")
@@ -111,6 +111,13 @@ class Trainer:
             progress.close()
             tracker.end(status, error)
         return metrics
+
+
+def logs_completions(t, done: int) -> bool:
+    """Whether step ``done`` logs a completions table: every ``trainer.completions_every``
+    steps (null: at each evaluation, ``trainer.eval_every``), and at the last step."""
+    every = t.eval_every if t.completions_every is None else t.completions_every
+    return done == t.max_steps or (every > 0 and done % every == 0)
 
 
 def set_step_seed(seed: int, step: int, rank: int) -> None:

@@ -52,6 +52,7 @@ class TrainerSettings:
     eval_max_new_tokens: Optional[int] = None  # null: the sampler's budget
     checkpoint_every: int = 0  # 0: only at the end
     log_completions: int = 32  # sampled completions kept per logged table
+    completions_every: Optional[int] = None  # steps between completion tables; null: at evaluations (and the last step)
     mixed_precision: str = "no"
     batch_size: int = 32  # offline (SFT, DPO): rows per optimizer step, over all processes
 

@@ -154,6 +154,31 @@ def test_reward_with_wrong_length_is_named(tiny, tmp_path, monkeypatch):
         Trainer(cfg).train()
 
 
+def _table_steps(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "rlloom"]
+    [run_info] = client.search_runs([exp.experiment_id])
+    return sorted(a.path for a in client.list_artifacts(run_info.info.run_id, "completions"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "tables"),
+    [
+        # no evaluations: one table, at the last step (not one per step)
+        (["trainer.eval_every=0"], ["completions/step_000004.json"]),
+        # at each evaluation
+        (["trainer.eval_every=2"], ["completions/step_000002.json", "completions/step_000004.json"]),
+        # an interval of its own
+        (["trainer.eval_every=0", "trainer.completions_every=3"], ["completions/step_000003.json", "completions/step_000004.json"]),
+    ],
+)
+def test_completion_tables_are_logged_at_evaluations_or_their_interval(tiny, tmp_path, settings, tables):
+    cfg = load_config(PRESET_DIR / "grpo.yaml", [*tiny, "sampler.num_generations=2", "sampler.max_new_tokens=3",
+                                                  "trainer.max_steps=4", *settings])
+    Trainer(cfg).train()
+    assert _table_steps(tmp_path) == tables
+
+
 def test_group_size_one_with_group_normalisation_trains_and_counts_groups_of_one(tiny):
     # One completion per prompt: every group is a group of one, which gets mean 0 and std 1
     # (verl's convention) instead of an error; adv/single_groups counts them (4 prompts a step).
