@@ -1,4 +1,4 @@
-"""Samplers: transformers ``generate`` with G completions per prompt."""
+"""Samplers: G completions per prompt, decoded over a preallocated KV cache."""
 from __future__ import annotations
 
 import torch
@@ -6,15 +6,17 @@ import torch
 from rlloom.errors import ParameterError
 from rlloom import hookimpl
 from rlloom.batch import RolloutBatch
+from rlloom.decoding import Sampling, decode
 from rlloom.models import unwrap_lm
 from rlloom.rollout import PromptBatch, SamplerContext, completion_mask
 
 
 class GenerateSampler:
-    """transformers ``generate``: G sampled completions per prompt, with their log-probs.
+    """G sampled completions per prompt, with their log-probs (``rlloom.decoding.decode``:
+    the draws of transformers ``generate`` at the same seed, without its per-token overhead).
 
     Samples y ~ softmax(logits / temperature) truncated by top-k/top-p, stops a row at EOS
-    and the whole batch when every row has ended (KV cache on), at most ``max_new_tokens``.
+    and the whole batch when every row has ended, at most ``max_new_tokens``.
     ``sample_logprobs`` [B,T] are log softmax(logits / temperature) of the sampled tokens,
     the same quantity the update computes (top-k/top-p truncation is not renormalised into
     them). Rows are ordered prompt by prompt: the G completions of prompt i are rows
@@ -53,24 +55,12 @@ class GenerateSampler:
         attn = prompts.attention_mask.repeat_interleave(g, 0).to(device)
         was_training = lm.training
         lm.eval()
-        out = lm.generate(
-            input_ids=ids,
-            attention_mask=attn,
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-            use_cache=True,
+        out = decode(
+            lm, ids, attn, self.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
+            Sampling(self.temperature, self.top_p, self.top_k),
         )
         lm.train(was_training)
-        tokens = out.sequences[:, ids.shape[1]:]
-        logits = torch.stack(out.logits, dim=1)[:, : tokens.shape[1]].float() / self.temperature
-        logprobs = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        tokens, logprobs = out.tokens, out.logprobs
         mask, truncated = completion_mask(tokens, tok.eos_token_id)
         tokens = tokens.masked_fill(mask == 0, tok.pad_token_id)
         return RolloutBatch(

@@ -1,0 +1,113 @@
+"""Autoregressive decoding over a preallocated KV cache, one forward per token.
+
+``decode`` runs the causal LM on left-padded prompts [B,P], then feeds back one token per
+row at a time, writing keys and values into a ``StaticCache`` sized P + ``max_new_tokens``
+(no cache grown by concatenation). Each step keeps only the last position's logits [B,V]:
+the chosen token and its log-prob are taken from them and they are dropped, so no [B,T,V]
+tensor exists. Decoding stops when every row has emitted EOS or at the token budget.
+
+Sampling follows transformers ``generate`` step for step (temperature, then top-k, then
+top-p, then ``torch.multinomial`` on the softmax, every row drawing at every step), so the
+same seed draws the same tokens.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Decoded:
+    """``tokens`` [B,T] (``pad_token_id`` after each row's EOS), ``logprobs`` [B,T]: log
+    softmax(logits / temperature) of each token in float32 (0 after EOS), with T ≤ the budget."""
+
+    tokens: Tensor
+    logprobs: Tensor
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: ``temperature`` > 0 samples from softmax(logits /
+    temperature) truncated to the ``top_k`` most likely tokens (0: all) and to the smallest
+    set of probability ≥ ``top_p``; ``temperature`` None takes the argmax (greedy)."""
+
+    temperature: float | None = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def choose(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Next tokens [B] and their log softmax(logits / temperature) [B] from float32 logits [B,V]."""
+        scaled = logits if self.temperature in (None, 1.0) else logits / self.temperature
+        if self.temperature is None:
+            tokens = scaled.argmax(-1)
+        else:
+            tokens = torch.multinomial(self._truncated(scaled).softmax(-1), num_samples=1).squeeze(1)
+        picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return tokens, picked - torch.logsumexp(scaled, -1)
+
+    def _truncated(self, scores: Tensor) -> Tensor:
+        """Top-k, then top-p (Holtzman et al. 2020) filtering: dropped tokens get −inf."""
+        if self.top_k:
+            kth = torch.topk(scores, min(self.top_k, scores.shape[-1]))[0][..., -1, None]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if self.top_p < 1.0:
+            ascending, order = torch.sort(scores, descending=False)
+            drop = ascending.softmax(-1).cumsum(-1) <= 1 - self.top_p
+            drop[..., -1:] = False
+            scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+        return scores
+
+
+def _cache_argument(lm) -> str:
+    """The forward keyword that takes the KV cache (``cache``; ``past_key_values`` before it)."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def decode(
+    lm,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    sampling: Sampling,
+) -> Decoded:
+    """Up to ``max_new_tokens`` tokens after left-padded prompts ``input_ids`` [B,P] under ``lm``.
+
+    Positions follow the attention mask (a left-padded prompt gets the positions it would
+    have unpadded); a row that has emitted EOS gets ``pad_token_id`` from then on.
+    """
+    from transformers import StaticCache
+
+    batch, width = input_ids.shape
+    device = input_ids.device
+    cache = StaticCache(config=lm.config, max_cache_len=width + max_new_tokens)
+    cache_kw = _cache_argument(lm)
+    mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
+    position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = lm(
+        input_ids=input_ids, attention_mask=mask[:, :width], position_ids=position, use_cache=True,
+        cache_position=torch.arange(width, device=device), logits_to_keep=1, **{cache_kw: cache},
+    )
+    position = position[:, -1:]
+    running = torch.ones(batch, dtype=torch.bool, device=device)
+    tokens, logprobs = [], []
+    for t in range(max_new_tokens):
+        chosen, logp = sampling.choose(out.logits[:, -1].float())
+        del out
+        chosen = torch.where(running, chosen, pad_token_id)
+        tokens.append(chosen)
+        logprobs.append(logp * running)
+        running = running & (chosen != eos_token_id)
+        if t == max_new_tokens - 1 or not running.any():
+            break
+        position = position + 1
+        out = lm(
+            input_ids=chosen[:, None], attention_mask=mask[:, : width + t + 1], position_ids=position,
+            use_cache=True, cache_position=torch.tensor([width + t], device=device), **{cache_kw: cache},
+        )
+    return Decoded(torch.stack(tokens, 1), torch.stack(logprobs, 1))
