@@ -4,7 +4,8 @@
 against its kind), the runtime (``runtime.py``: accelerator, policy, optimizer) and the
 training mode the policy loss consumes (``online.py``, ``supervised.py``,
 ``preference.py``). ``Trainer.train`` runs the loop: EVALUATE at step 0 → per step: SEED →
-STEP (the mode's) → EVALUATE → LOG → CHECKPOINT → HOOKS; at the end the final model.
+STEP (the mode's) → EVALUATE → LOG → CHECKPOINT → HOOKS; at the end the final model. STEP and
+EVALUATE run in the runtime's precision (``trainer.precision``).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Trainer:
         check_output_dir(self.cfg.output_dir)
         from accelerate import Accelerator
 
-        accelerator = Accelerator(mixed_precision=self.cfg.trainer.mixed_precision)
+        accelerator = Accelerator(mixed_precision="no")  # precision is the runtime's (trainer.precision)
         self.pipeline = build_pipeline(self.cfg, self.registry, accelerator.num_processes)
         self.runtime = build_runtime(self.cfg, self.pipeline, accelerator)
         self.mode: TrainingMode = MODES[self.pipeline.mode](self.pipeline, self.runtime, self.pm.hook)
@@ -72,17 +73,20 @@ class Trainer:
         try:
             # EVALUATE where the policy begins
             if start_step == 0 and t.eval_every > 0:
-                first = mode.evaluate()
+                with rt.autocast():
+                    first = mode.evaluate()
                 tracker.log_metrics(first, 0)
                 progress.evaluated(first)
             for step in range(start_step, t.max_steps):
                 done = step + 1
                 # SEED, STEP
                 set_step_seed(cfg.seed, step, rt.rank)
-                metrics = mode.step(step)
+                with rt.autocast():
+                    metrics = mode.step(step)
                 # EVALUATE
                 if t.eval_every > 0 and (done % t.eval_every == 0 or done == t.max_steps):
-                    metrics.update(mode.evaluate())
+                    with rt.autocast():
+                        metrics.update(mode.evaluate())
                 # LOG
                 tracker.log_metrics(metrics, done)
                 if main and logs_completions(t, done):

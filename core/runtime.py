@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlloom.models import PolicyWithValue, char_tokenizer, embedded_model, load_policy, unwrap_lm
 from rlloom.pipeline import Pipeline
+from rlloom.precision import autocast, autocast_dtype
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Runtime:
     scheduler: Any
     tokenizer: Any
     update: Any  # the update rule: how an optimizer step moves the parameters
+    compute_dtype: torch.dtype | None = None  # autocast dtype of ``trainer.precision`` (None: float32)
 
     @property
     def rank(self) -> int:
@@ -50,6 +52,10 @@ class Runtime:
     def max_positions(self) -> int | None:
         """The model's context length, where its config states one."""
         return getattr(unwrap_lm(self.policy).config, "max_position_embeddings", None)
+
+    def autocast(self):
+        """The context the model runs in: ``trainer.precision``'s autocast (or none)."""
+        return autocast(self.compute_dtype, self.device)
 
     def reset_optimizer_state(self) -> None:
         """Forget the optimizer's moment estimates (a reference reset asks for this)."""
@@ -78,7 +84,8 @@ def build_runtime(cfg: DictConfig, pipeline: Pipeline, accelerator: Any) -> Runt
     total = t.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: pipeline.schedule(s, total))
     model, optimizer = accelerator.prepare(model, optimizer)
-    return Runtime(cfg, accelerator, model, optimizer, scheduler, tokenizer, pipeline.update)
+    compute_dtype = autocast_dtype(t.precision, accelerator.device)
+    return Runtime(cfg, accelerator, model, optimizer, scheduler, tokenizer, pipeline.update, compute_dtype)
 
 
 class TrainingMode(Protocol):

@@ -53,7 +53,7 @@ class TrainerSettings:
     checkpoint_every: int = 0  # 0: only at the end
     log_completions: int = 32  # sampled completions kept per logged table
     completions_every: Optional[int] = None  # steps between completion tables; null: at evaluations (and the last step)
-    mixed_precision: str = "no"
+    precision: str = "fp32"  # auto | fp32 | bf16: bf16 autocast with float32 weights (auto: where bf16 is fast)
     batch_size: int = 32  # offline (SFT, DPO): rows per optimizer step, over all processes
 
 
@@ -98,6 +98,7 @@ MOVED = {
     "trainer.kl_in_reward": "kl.in_reward",
     "trainer.weight_decay": "update.weight_decay",
     "trainer.adam_betas": "update.betas",
+    "trainer.mixed_precision": "trainer.precision",
 }
 """Keys that moved: the KL term (estimator, β, its control and placement) is one entry,
 ``kl:``; the optimizer's own parameters belong to the update rule, ``update:``."""
@@ -108,7 +109,11 @@ def load_settings(cfg: DictConfig) -> DictConfig:
     for old, new in MOVED.items():
         if OmegaConf.select(cfg, old, default=None) is not None:
             section = new.split(".")[0]
-            example = "kl: {name: k3, coef: 0.02}` (`kl: null` turns it off)" if section == "kl" else "update: {name: adamw, weight_decay: 0.01}`"
+            example = {
+                "kl": "kl: {name: k3, coef: 0.02}` (`kl: null` turns it off)",
+                "update": "update: {name: adamw, weight_decay: 0.01}`",
+                "trainer": "trainer.precision: bf16` (auto, fp32 or bf16)",
+            }[section]
             raise ConfigError(f"{old}: moved to `{new}`, e.g. `{example}")
     schema = OmegaConf.structured(Settings)
     own = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in KINDS]) if len(cfg) else cfg
