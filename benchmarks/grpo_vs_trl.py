@@ -104,7 +104,7 @@ def build(work: Workload, directory: Path) -> None:
         vocab_size=len(vocab) - 1,  # EOS cannot be sampled: every completion has the full budget
         hidden_size=work.hidden, num_hidden_layers=work.layers, num_attention_heads=work.heads,
         num_key_value_heads=work.heads, intermediate_size=work.intermediate, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=len(vocab) - 1, tie_word_embeddings=True,
+        pad_token_id=0, tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(directory / "model")

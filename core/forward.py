@@ -33,22 +33,30 @@ def forward_tokens(
     want_logits: bool = False,
     want_values: bool = False,
     want_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> ForwardOutput:
     """Log-probs of ``input_ids[:, start:]`` given everything before, [B,L] → [B,L−start].
 
     Position ids follow the attention mask, so left-padded prompts get the positions they
-    would have unpadded. ``values`` at position t are V(s_t), the state before token t.
+    would have unpadded. The output layer runs only over the predicting positions
+    start−1 … L−2. ``values`` at position t are V(s_t), the state before token t.
+    ``entropy`` carries no gradient when ``entropy_grad`` is False (a metric, not a loss term).
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    logits = out.logits[:, start - 1 : -1]
+    width = input_ids.shape[1]
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+        logits_to_keep=width - start + 1,
+    )
+    logits = out.logits[:, :-1]
     if temperature != 1.0:
         logits = logits / temperature
     result = ForwardOutput(selective_log_softmax(logits, input_ids[:, start:]))
     if want_logits:
         result.logits = logits
     if want_entropy:
-        result.entropy = entropy_from_logits(logits)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            result.entropy = entropy_from_logits(logits)
     if want_values:
         result.values = out.values[:, start - 1 : -1].float()
     return result

@@ -129,7 +129,10 @@ class OnlineMode:
         kl = parts.kl
         kl_in_loss = kl is not None and not kl.in_reward
         need_logits = p.loss_needs_logits or (kl_in_loss and kl.needs_logits) or old_logits is not None
-        out = self._forward(self.rt.model, mb, want_logits=need_logits, want_values=parts.needs_critic, want_entropy=True)
+        out = self._forward(
+            self.rt.model, mb, want_logits=need_logits, want_values=parts.needs_critic, want_entropy=True,
+            entropy_grad=bool(t.entropy_coef),
+        )
         mb = mb.to(self.rt.device)
         loss_out = p.policy_loss(out.logprobs, mb, logits=out.logits if p.loss_needs_logits else None)
         policy_term = p.aggregation(loss_out.loss, loss_out.mask, scope)

@@ -66,7 +66,7 @@ class WrappingSampler:
 
 def encode_prompts(tokenizer, texts: list[str], group_ids: list[int], columns: dict[str, list]) -> PromptBatch:
     """Tokenise ``texts`` left-padded (no special tokens added beyond the tokenizer's own)."""
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
