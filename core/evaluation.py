@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from rlloom.data import prompt_batch, require_columns
+from rlloom.decoding import Sampling, decode
 from rlloom.models import unwrap_lm
 from rlloom.ops import global_sum
 from rlloom.rewarding import RewardFunction, score
@@ -54,15 +55,11 @@ class GreedyEvaluation:
         correct = reward_sum = 0.0
         for idx in chunks(len(data), rt.cfg.trainer.micro_batch_size):
             prompts = prompt_batch(data, idx.tolist(), tok, 0)
-            out = lm.generate(
-                input_ids=prompts.input_ids.to(rt.device),
-                attention_mask=prompts.attention_mask.to(rt.device),
-                do_sample=False,
-                max_new_tokens=self.budget,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
+            out = decode(
+                lm, prompts.input_ids.to(rt.device), prompts.attention_mask.to(rt.device), self.budget,
+                tok.eos_token_id, tok.pad_token_id, Sampling(temperature=None),
             )
-            tokens = out[:, prompts.input_ids.shape[1]:].cpu()
+            tokens = out.tokens.cpu()
             mask, truncated = completion_mask(tokens, tok.eos_token_id)
             completions = tok.batch_decode(tokens.masked_fill(mask == 0, tok.pad_token_id), skip_special_tokens=True)
             columns = {**prompts.columns, "completion_lengths": mask.sum(1).tolist(), "truncated": truncated.tolist()}
