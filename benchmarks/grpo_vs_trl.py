@@ -16,8 +16,8 @@ The end-of-sequence token lies outside the model's output vocabulary, so every c
 runs to the token budget in both frameworks and both do exactly the same number of tokens
 (checked). Each (framework, configuration) runs in its own process, in the order rlloom,
 TRL, rlloom, TRL, ... (``--rounds``), so machine noise hits both; each process runs a
-warm-up step and then ``--steps`` timed steps (rlloom: and a last one, which writes
-its checkpoint, untimed). A step is sampling + rewards + update
+warm-up step and then ``--steps`` timed steps (rlloom's last one includes writing its
+checkpoint). A step is sampling + rewards + update
 (TRL: ``on_step_begin`` to ``on_step_end``; rlloom: one pass of the training loop, from the
 end of one step to the end of the next, its metric logging included).
 
@@ -157,7 +157,7 @@ def run_rlloom(work: Workload, directory: Path, defaults: bool, steps: int) -> d
         "kl": kl,
         "ref_policy": "frozen" if kl else None,
         "trainer": {
-            "max_steps": steps + 2, "prompts_per_step": work.prompts, "micro_batch_size": work.rows,
+            "max_steps": steps + 1, "prompts_per_step": work.prompts, "micro_batch_size": work.rows,
             "lr": 1e-6, "eval_every": 0, "precision": "auto" if defaults else "fp32",
         },
         "tracking": {"uri": f"sqlite:///{directory / 'mlflow.db'}"},
@@ -166,9 +166,9 @@ def run_rlloom(work: Workload, directory: Path, defaults: bool, steps: int) -> d
     pm = make_plugin_manager()
     pm.register(timer)
     Trainer(cfg, plugin_manager=pm).train()
-    steps_seen = timer.metrics[1:-1]  # the first step warms up; the last writes the checkpoint
+    steps_seen = timer.metrics[1:]  # the first step warms up
     return {
-        "times": timer.times[1:-1],
+        "times": timer.times[1:],
         "sample": [m["time/sample_s"] for m in steps_seen],
         "update": [m["time/update_s"] for m in steps_seen],
         "tokens": [round(m["len/mean"] * work.rows) for m in steps_seen],
@@ -240,9 +240,11 @@ def worker(argv: list[str]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(framework: str, name: str, config: str, steps: int, directory: Path, tiny: bool) -> dict:
+def spawn(framework: str, name: str, config: str, steps: int, directory: Path, tiny: bool, threads: int) -> dict:
     cmd = [sys.executable, str(HERE), "--worker", framework, name, config, str(steps), str(directory), str(int(tiny))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=directory)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -259,6 +261,11 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["fp32", "defaults"], choices=["fp32", "defaults"])
     parser.add_argument("--rounds", type=int, default=3, help="rlloom, TRL pairs per workload and configuration")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process (after one warm-up step)")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="CPU threads per process for both frameworks (0: torch's default); on a machine shared "
+        "with other work, 1 avoids threads waiting on each other",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, one round: checks the script runs")
     args = parser.parse_args()
     workloads = {k: v for k, v in (TINY if args.tiny else WORKLOADS).items() if k in args.workloads}
@@ -266,8 +273,13 @@ def main() -> None:
     has_trl = importlib.util.find_spec("trl") is not None
     if not has_trl:
         print("TRL is not installed (pip install -e '.[bench]'): its column is skipped, rlloom runs alone")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rate = {bf16: matmul_gflops(bf16) for bf16 in (False, True)}
-    print(f"matmul {rate[False]:.0f} GFLOP/s fp32, {rate[True]:.0f} GFLOP/s bf16 (1024³, median of 10)")
+    threads = args.threads or "torch's default"
+    print(f"matmul {rate[False]:.0f} GFLOP/s fp32, {rate[True]:.0f} GFLOP/s bf16 (1024³, median of 10); threads per process: {threads}")
     header = "| workload | config | rlloom s/step | TRL s/step | rlloom / TRL | rlloom sample / update s | update GFLOP/s (% of matmul) | peak MiB rlloom / TRL |"
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,7 +292,7 @@ def main() -> None:
                 results: dict[str, list[dict]] = {"rlloom": [], "trl": []}
                 for _ in range(rounds):
                     for framework in ("rlloom", "trl") if has_trl else ("rlloom",):
-                        results[framework].append(spawn(framework, name, config, steps, directory, args.tiny))
+                        results[framework].append(spawn(framework, name, config, steps, directory, args.tiny, args.threads))
                 rows.append(table_row(name, config, work, params, results, rate[config == "defaults"]))
                 print(rows[-1], flush=True)
     print("\n".join(["", *rows]))
