@@ -1,4 +1,4 @@
-"""The ``rlloom`` command line: list, validate, train, compare.
+"""The rlloom command line: list, show, presets, validate, train, compare.
 
 Errors caused by input print one message to stderr and exit with status 2; any other failure
 prints one line and exits with status 1 (``--traceback`` or ``RLLOOM_DEBUG=1`` adds the full
@@ -47,6 +47,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from rlloom.config import presets
+
+    found = presets()
+    if args.json:
+        print(json.dumps([{"name": p.name, "description": p.description} for p in found], indent=2))
+        return 0
+    width = max(len(p.name) for p in found)
+    for p in found:
+        print(f"{p.name:<{width}}  {p.description}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from rlloom.config import load_config, validate_config
 
@@ -73,6 +86,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return Comparison(args.config, args.vary, args.overrides, args.steps, args.seeds, args.parallel).run()
 
 
+CONFIG_HELP = "a preset name (grpo; see `rlloom presets`) or the path of a YAML config"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -86,18 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_list)
 
+    p = sub.add_parser("presets", help="the presets shipped with rlloom, one line each")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_presets)
+
     p = sub.add_parser("validate", parents=[common], help="check component names and parameters without building")
-    p.add_argument("config")
+    p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", parents=[common], help="run a pipeline")
-    p.add_argument("config")
+    p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("compare", parents=[common], help="variants of a pipeline as MLflow child runs under one parent run")
-    p.add_argument("config")
+    p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides for every variant")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="values of one key (repeatable)")
     p.add_argument("--steps", type=int, help="trainer.max_steps of every variant")

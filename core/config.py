@@ -1,13 +1,17 @@
 """Config loading and validation.
 
-A config is a YAML file read with OmegaConf. It may start from presets with
-``defaults: [grpo]`` (names resolved next to the file, then in the project's ``configs/``);
-presets merge in order, then the file, then ``key=value`` overrides. A component is given
-under its kind's key as ``name`` or ``{name: ..., **params}``; the params are exactly the
-factory's keyword arguments. Validation binds them without building anything.
+A config is a YAML file read with OmegaConf, given by path or by the name of a preset. The
+presets ship with the package (``rlloom.presets``); a name is looked up as a file first, then
+as a preset, so ``rlloom train grpo`` works from any directory and a path still works. A
+config may start from presets with ``defaults: [grpo]`` (names resolved next to the file, then
+among the presets); presets merge in order, then the file, then ``key=value`` overrides. A
+component is given under its kind's key as ``name`` or ``{name: ..., **params}``; the params
+are exactly the factory's keyword arguments. Validation binds them without building anything.
 """
 from __future__ import annotations
 
+import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,29 +19,54 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import rlloom.presets
 from rlloom.errors import ConfigError
 from rlloom.kinds import KINDS
 from rlloom.registry import Registry, get_registry
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = Path(rlloom.presets.__file__).resolve().parent
+"""Where the presets are: the package's ``presets`` (the project's ``configs/`` in a checkout)."""
 
 
-def _find_preset(name: str, base_dir: Path) -> Path:
-    candidates = []
+@dataclass(frozen=True)
+class Preset:
+    """A preset: its name (the file's stem), its file, and its one-line description (the
+    comment line after the first, which is the command that runs it)."""
+
+    name: str
+    path: Path
+    description: str
+
+
+def presets() -> list[Preset]:
+    """Every preset shipped with the package, sorted by name."""
+    found = []
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        comments = [line[1:].strip() for line in path.read_text().splitlines()[:2] if line.startswith("#")]
+        found.append(Preset(path.stem, path, comments[1] if len(comments) > 1 else ""))
+    return found
+
+
+def _find_preset(name: str, base_dir: Path, where: str) -> Path:
+    """``name`` (or ``name.yaml``) in ``base_dir``, else the preset of that name."""
     for directory in (base_dir, PRESET_DIR):
         for candidate in (directory / name, directory / f"{name}.yaml"):
-            candidates.append(candidate)
             if candidate.is_file():
                 return candidate
+    names = [p.name for p in presets()]
+    close = difflib.get_close_matches(Path(name).stem, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise ConfigError(
-        f"defaults: preset '{name}' not found (looked for {', '.join(str(c) for c in candidates)})"
+        f"{where}'{name}' is neither a file ({name} or {name}.yaml in {base_dir}) nor a "
+        f"preset{hint}; presets: {', '.join(names)}"
     )
 
 
-def find_config(name: str | Path) -> Path:
-    """A config path as given, else a preset of that name in the project's ``configs/``."""
+def find_config(name: str | Path, base_dir: Path | None = None) -> Path:
+    """A config path as given, else a file of that name in ``base_dir`` (the working
+    directory), else the preset of that name."""
     path = Path(name)
-    return path if path.is_file() else _find_preset(str(name), Path.cwd())
+    return path if path.is_file() else _find_preset(str(name), base_dir or Path.cwd(), "config ")
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -64,7 +93,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         defaults = [defaults]
     if not isinstance(defaults, (list, ListConfig)):
         raise ConfigError(f"{path}: defaults must be a list of preset names")
-    parts = [_compose(_find_preset(str(name), path.parent), (*seen, path)) for name in defaults]
+    parts = [_compose(_find_preset(str(name), path.parent, "defaults: "), (*seen, path)) for name in defaults]
     merged = parts[0] if parts else cfg
     for part in [*parts[1:], cfg] if parts else []:
         merged = merge(merged, part)
@@ -99,9 +128,11 @@ def merge(base: DictConfig, override: DictConfig) -> DictConfig:
     return OmegaConf.merge(base, override)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
-    """Presets (``defaults``) → the file → ``key=value`` overrides, merged in that order."""
-    cfg = _compose(Path(path))
+def load_config(config: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
+    """Presets (``defaults``) → the file → ``key=value`` overrides, merged in that order.
+
+    ``config`` is a path or a preset name (``find_config``)."""
+    cfg = _compose(find_config(config))
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:

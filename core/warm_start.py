@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlloom.errors import ConfigError
 from rlloom.files import writing
 from rlloom.progress import notice
 from rlloom.settings import as_plain, load_settings
@@ -74,7 +75,7 @@ def prepare_warm_start(cfg: DictConfig) -> DictConfig:
     Its MLflow run is tagged ``phase: warm_start`` and is nested under ``tracking.parent_run_id``
     when ``cfg`` has one (the parent of a compare). Without a warm start, or with ``model.path`` given, ``cfg`` comes back unchanged.
     """
-    from rlloom.config import find_config, load_config
+    from rlloom.config import load_config
     from rlloom.engine import Trainer
 
     settings = load_settings(cfg)
@@ -96,7 +97,10 @@ def prepare_warm_start(cfg: DictConfig) -> DictConfig:
         overrides.append(f"tracking.uri={settings.tracking.uri}")
     if settings.tracking.parent_run_id:
         overrides.append(f"tracking.parent_run_id={settings.tracking.parent_run_id}")
-    ws_cfg = load_config(find_config(ws.config), overrides)
+    try:
+        ws_cfg = load_config(ws.config, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"warm_start.config: {exc}") from None
     wanted = fingerprint(ws_cfg)
     stored = _read(stamp)
     if final.is_dir() and stored.get("fingerprint") == wanted["fingerprint"]:

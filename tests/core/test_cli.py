@@ -44,3 +44,57 @@ def test_validate_rejects_typos_with_exit_2_and_no_traceback():
 def test_unknown_kind_for_list(capsys):
     assert main(["list", "advantages"]) == 2
     assert "did you mean 'advantage'" in capsys.readouterr().err
+
+
+def test_presets_lists_every_preset_with_its_description(capsys):
+    assert main(["presets", "--json"]) == 0
+    rows = {r["name"]: r["description"] for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {p.stem for p in PRESET_DIR.glob("*.yaml")}
+    assert rows["grpo"] == "GRPO: group-normalised advantages, PPO clip, k3 KL to a frozen reference."
+    for path in PRESET_DIR.glob("*.yaml"):
+        command, description = path.read_text().splitlines()[:2]
+        assert command == f"# rlloom train {path.stem}"  # each preset names the command that runs it
+        assert description == f"# {rows[path.stem]}" and len(rows[path.stem]) > 20
+    assert main(["presets"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == len(rows)
+    assert any(line.startswith("dapo ") and line.endswith(rows["dapo"]) for line in table)
+
+
+def test_validate_and_train_a_preset_by_name_from_an_empty_directory(tiny, tmp_path, capsys):
+    assert list(tmp_path.iterdir()) == []  # the working directory has no configs/
+    assert main(["validate", "rloo"]) == 0
+    assert main(["train", "rloo", *tiny]) == 0
+    assert "done:" in capsys.readouterr().out
+    assert (tmp_path / "run").is_dir()
+
+
+def test_unknown_preset_name_is_one_line_with_suggestion(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlloom.cli", "train", "grop"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("rlloom: error: config 'grop' is neither a file")
+    assert "(did you mean 'grpo'?)" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_path_still_wins_over_a_preset_of_the_same_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grpo.yaml").write_text("defaults: [rloo]\ntrainer: {max_steps: 7}\n")
+    from rlloom.config import load_config
+
+    assert load_config("grpo").trainer.max_steps == 7  # ./grpo.yaml, built on the rloo preset
+    assert load_config("grpo").advantage == load_config(PRESET_DIR / "rloo.yaml").advantage
+    assert load_config(PRESET_DIR / "grpo.yaml").trainer.max_steps != 7
+
+
+def test_help_is_plain_text_and_explains_config(capsys):
+    for argv in (["--help"], ["train", "--help"], ["validate", "--help"], ["compare", "--help"]):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert exc.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "``" not in out
+        if argv != ["--help"]:
+            assert "a preset name" in out and "path of a YAML config" in out
