@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -31,20 +32,63 @@ def _cmd_list(args: argparse.Namespace) -> int:
     registry = get_registry()
     entries = registry.entries(args.kind)
     if args.json:
-        rows = [
-            {"kind": e.kind, "name": e.name, "plugin": e.plugin, "summary": e.summary}
-            for e in entries
-        ]
+        rows = [_entry_row(e, registry) for e in entries]
+        rows += [{"kind": None, "name": None, "plugin": p.name, "package": p.package, "version": p.version,
+                  "summary": "", "error": p.error} for p in registry.failed]
         print(json.dumps(rows, indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("kind", "name", "plugin", "summary", box=None, pad_edge=False)
     for e in entries:
-        table.add_row(e.kind, e.name, e.plugin, e.summary)
-    Console(width=200).print(table)
+        table.add_row(e.kind, e.name, e.plugin, f"[red]error:[/] {escape(e.error)}" if e.error else escape(e.summary))
+    console = Console(width=200)
+    console.print(table)
+    for p in registry.failed:
+        console.print(f"[red]not loaded:[/] {escape(p.error)}")
     return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from rlloom.describe import REQUIRED, describe
+    from rlloom.registry import get_registry
+
+    d = describe(get_registry(), args.kind, args.name)
+    if args.json:
+        print(json.dumps(d.as_dict(), indent=2, default=repr, ensure_ascii=False))
+        return 0
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    package = f" ({d.package} {d.version})" if d.package else ""
+    print(f"{d.kind} {d.name}: from plugin {d.plugin}{package}")
+    print(f"call: {d.call}\n")
+    table = Table("parameter", "type", "default", "meaning", box=None, pad_edge=False)
+    for p in d.parameters:
+        default = "required" if p.default is REQUIRED else repr(p.default)
+        name = f"{p.name} (engine)" if p.engine else p.name
+        table.add_row(name, escape(p.type), escape(default), escape(p.meaning))
+    Console(width=shutil.get_terminal_size((120, 24)).columns).print(table if d.parameters else "no parameters")
+    print(f"\n{d.docstring}")
+    return 0
+
+
+def _entry_row(entry, registry) -> dict:
+    plugin = registry.plugin(entry.plugin)
+    return {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin, "package": plugin.package,
+            "version": plugin.version, "summary": entry.summary, "error": entry.error}
+
+
+def _warn_not_loaded(cfg) -> None:
+    """One warning line per plugin that failed to load (a run that uses none of it goes on)."""
+    from rlloom.config import disabled_plugins
+    from rlloom.registry import get_registry
+
+    for plugin in get_registry(disabled_plugins(cfg)).failed:
+        print(f"rlloom: warning: not loaded: {plugin.error}", file=sys.stderr)
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -64,6 +108,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from rlloom.config import load_config, validate_config
 
     cfg = load_config(args.config, args.overrides)
+    _warn_not_loaded(cfg)
     specs = validate_config(cfg)
     print(f"{args.config}: ok ({len(specs)} components)")
     return 0
@@ -73,7 +118,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rlloom.config import load_config
     from rlloom.engine import run
 
-    metrics = run(load_config(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _warn_not_loaded(cfg)
+    metrics = run(cfg)
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "reward/mean"))}
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {shown}")
@@ -101,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", help="only this kind (advantage, policy_loss, ...)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("show", help="a component's parameters (type, default, meaning), plugin and docstring")
+    p.add_argument("kind", help="its kind (advantage, policy_loss, ...; see `rlloom list`)")
+    p.add_argument("name", help="its registered name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("presets", help="the presets shipped with rlloom, one line each")
     p.add_argument("--json", action="store_true", help="machine-readable output")

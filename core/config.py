@@ -197,6 +197,13 @@ def validate_config(cfg: DictConfig, registry: Registry | None = None) -> list[t
             registry.bind(kind, spec, path)
         except ConfigError as exc:
             problems.append(str(exc))
+    if not problems and "reward" in cfg:
+        from rlloom.pipeline import reward_specs
+
+        try:
+            reward_specs(cfg)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError("\n".join(problems))
     return specs

@@ -224,9 +224,19 @@ OFF_POLICY_PARAMS = Attribute(
 
 @dataclass(frozen=True)
 class RewardKeys:
-    """Keys beside ``name`` in a reward's config entry that belong to the engine."""
+    """Keys beside ``name`` in a reward's config entry that belong to the engine.
 
-    weight: float = 1.0  # w_k in r = Σ_k w_k·r_k
+    ``weight`` is w_k in r = Σ_k w_k·r_k; ``alias`` names the reward in metrics
+    (``reward/<alias>/mean``), tags and tables instead of its component name, for a reward
+    configured twice.
+    """
+
+    weight: float = 1.0
+    alias: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.alias is not None and (not self.alias or "/" in self.alias):
+            raise ValueError(f"alias: a reward's alias must be a non-empty name without '/', got {self.alias!r}")
 
 
 @dataclass(frozen=True)
@@ -432,4 +442,5 @@ _ENGINE_KEY_TYPES: dict[str, tuple[type, ...]] = {
     "Optional[float]": (int, float, type(None)),
     "int": (int,),
     "bool": (bool,),
+    "Optional[str]": (str, type(None)),
 }

@@ -90,8 +90,7 @@ def build_pipeline(cfg: DictConfig, registry: Registry, world: int) -> Pipeline:
     task = _build(cfg, registry, "task")
     train_data = task.load("train")
     rewards = [
-        RewardFunction(_reward_name(spec, i), registry.build("reward", spec, path), weight)
-        for i, (spec, path, weight) in enumerate(_reward_specs(cfg))
+        RewardFunction(r.name, registry.build("reward", r.spec, r.path), r.weight) for r in reward_specs(cfg)
     ]
     online = None
     if loss.consumes == "rollout":
@@ -127,22 +126,38 @@ def _build(cfg: DictConfig, registry: Registry, kind: str, default: str | None =
     return registry.build(kind, spec, kind)
 
 
-def _reward_specs(cfg: DictConfig) -> list[tuple[Any, str, float]]:
+@dataclass(frozen=True)
+class RewardSpec:
+    """One configured reward: the name its metrics carry (``reward/<name>/mean``), its spec,
+    its config path and its weight."""
+
+    name: str
+    spec: Any
+    path: str
+    weight: float
+
+
+def reward_specs(cfg: DictConfig) -> list[RewardSpec]:
+    """The rewards of ``cfg``, each named by its ``alias`` or else its component name, so a
+    metric keeps its name when the list is reordered. A name given twice is a ``ConfigError``."""
     value = cfg.reward
     if value is None:
         return []
     items = list(value) if OmegaConf.is_list(value) else [value]
-    specs = []
+    specs: list[RewardSpec] = []
     for i, item in enumerate(items):
         path = f"reward[{i}]" if OmegaConf.is_list(value) else "reward"
-        params = split_spec(item, path)[1]
-        specs.append((item, path, engine_keys("reward", params, path).weight))
+        component, params = split_spec(item, path)
+        keys = engine_keys("reward", params, path)
+        name = keys.alias or component
+        for other in specs:
+            if other.name == name:
+                raise ConfigError(
+                    f"{path}: reward '{name}' is already configured as {other.path}; give one of them an "
+                    f"`alias:` to name its metrics (e.g. {{name: {component}, alias: {component}_2}})"
+                )
+        specs.append(RewardSpec(name, item, path, keys.weight))
     return specs
-
-
-def _reward_name(spec: Any, index: int) -> str:
-    name, _ = split_spec(spec, "reward")
-    return name if index == 0 else f"{name}_{index}"
 
 
 def _build_online(cfg: DictConfig, registry: Registry, world: int, rule: Any) -> OnlineParts:

@@ -2,12 +2,16 @@
 
 The plugin manager registers the builtin modules of ``rlloom.plugins`` and then the
 entry-point group ``rlloom.plugins`` exactly alike; the registry asks each registration hook
-of each plugin for its factories, refusing a name two plugins both register in one kind.
+of each plugin for its factories. A third-party plugin that cannot load (an import error, a
+misspelled hook, a hook that raises) and a name two plugins both register in one kind do not
+block the rest: they are kept as problems that ``rlloom list`` shows, and only a config that
+names the broken part stops, with the problem in its one-line error.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata as md
 import inspect
 import os
 import pkgutil
@@ -26,19 +30,44 @@ ENTRY_POINT_GROUP = "rlloom.plugins"
 
 
 @dataclass(frozen=True)
+class Plugin:
+    """A plugin: its name, the package (distribution) that provides it and that package's
+    version (None for a plugin registered by hand), and why it failed to load (None: loaded)."""
+
+    name: str
+    package: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One registered component: where it lives and who provided it."""
+    """One registered component: where it lives and who provided it. ``error`` says why it
+    cannot be used (two plugins register its name); the registry refuses to bind it then."""
 
     kind: str
     name: str
     factory: Callable[..., Any]
     plugin: str
+    error: str | None = None
 
     @property
     def summary(self) -> str:
         """The first line of the factory's docstring."""
         doc = inspect.getdoc(self.factory) or ""
         return doc.splitlines()[0] if doc else ""
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager with rlloom's hookspecs, plus what rlloom knows of its plugins:
+    ``plugins`` (name → ``Plugin``: package and version) and ``failed`` (the plugins that did
+    not load, each with its error)."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.plugins: dict[str, Plugin] = {}
+        self.failed: list[Plugin] = []
 
 
 def _builtin_modules() -> list[str]:
@@ -51,42 +80,51 @@ def _builtin_modules() -> list[str]:
     )
 
 
-def make_plugin_manager(disable: Iterable[str] = ()) -> pluggy.PluginManager:
-    """A plugin manager with the builtin plugins and then every installed entry point.
+def make_plugin_manager(disable: Iterable[str] = ()) -> PluginManager:
+    """A plugin manager with the builtin plugins and then every installed entry point (by name).
 
     ``disable`` names plugins to skip: an entry point's name or a builtin module's full name
-    (``rlloom.plugins.dapo``). A third-party plugin that fails to import raises
-    ``PluginLoadError`` naming it and how to disable it; so does a plugin with a misspelled
-    hook: an ``@hookimpl`` whose name is no hook, or an ``rlloom_*`` function (nearly) named
-    like a hook but lacking ``@hookimpl``, which pluggy would silently ignore.
+    (``rlloom.plugins.dapo``). A third-party plugin that fails to import, or has a misspelled
+    hook (an ``@hookimpl`` whose name is no hook, or an ``rlloom_*`` function (nearly) named
+    like a hook but lacking ``@hookimpl``, which pluggy would silently ignore), is left out and
+    recorded in ``failed`` with a message naming it and how to disable it. A builtin plugin
+    with a misspelled hook raises ``PluginLoadError``.
     """
     disabled = set(disable)
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = PluginManager()
+    known = _spec_names(pm)
+    version = md.version("rlloom")
     for module_name in _builtin_modules():
         if module_name not in disabled:
             pm.register(importlib.import_module(module_name), name=module_name)
-    from_entry_points: dict[str, Any] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+            pm.plugins[module_name] = Plugin(module_name, "rlloom", version)
+            problem = _hook_problem(pm, module_name, known)
+            if problem:
+                raise PluginLoadError(f"plugin '{module_name}' {problem}.")
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         if ep.name in disabled or pm.has_plugin(ep.name):
             continue
+        info = Plugin(ep.name, ep.dist.name, ep.dist.version) if ep.dist is not None else Plugin(ep.name)
         try:
             plugin = ep.load()
         except Exception as exc:  # any import-time failure of foreign code
-            raise PluginLoadError(
-                f"{_plugin_label(ep.name, ep)} failed to import from entry point '{ep.value}': "
-                f"{type(exc).__name__}: {exc}. {_disable_hint(ep.name)}"
-            ) from exc
+            pm.failed.append(_failure(info, f"failed to import from entry point '{ep.value}': "
+                                            f"{type(exc).__name__}: {exc}"))
+            continue
         pm.register(plugin, name=ep.name)
-        from_entry_points[ep.name] = ep
-    _check_hook_names(pm, from_entry_points)
+        problem = _hook_problem(pm, ep.name, known)
+        if problem:
+            pm.unregister(name=ep.name)
+            pm.failed.append(_failure(info, problem))
+        else:
+            pm.plugins[ep.name] = info
     return pm
 
 
-def _plugin_label(name: str, ep: Any = None) -> str:
-    """``plugin 'name'``, with ``(package dist)`` for an entry point that has a distribution."""
-    dist = ep.dist if ep is not None else None
-    return f"plugin '{name}'" + (f" (package {dist.name})" if dist is not None else "")
+def _failure(info: Plugin, problem: str) -> Plugin:
+    """``info`` with its error: the plugin, what is wrong, and how to disable it."""
+    label = f"plugin '{info.name}'" + (f" (package {info.package})" if info.package else "")
+    return Plugin(info.name, info.package, info.version, f"{label} {problem}. {_disable_hint(info.name)}")
 
 
 def _disable_hint(name: str) -> str:
@@ -103,40 +141,23 @@ def _spec_names(pm: pluggy.PluginManager) -> list[str]:
     )
 
 
-def _check_hook_names(pm: pluggy.PluginManager, from_entry_points: Mapping[str, Any]) -> None:
-    """Refuse a plugin whose hook is misspelled instead of letting pluggy ignore it."""
-    known = _spec_names(pm)
-
-    def fail(name: str, problem: str) -> None:
-        ep = from_entry_points.get(name)
-        hint = f" {_disable_hint(name)}" if ep is not None else ""
-        raise PluginLoadError(f"{_plugin_label(name, ep)} {problem}.{hint}")
-
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or repr(exc.plugin)
-        unknown = sorted(
-            caller.name for caller in pm.get_hookcallers(exc.plugin) or () if not caller.has_spec()
-        )
-        hook = unknown[0] if unknown else "?"
-        close = difflib.get_close_matches(hook, known, n=1)
+def _hook_problem(pm: pluggy.PluginManager, name: str, known: list[str]) -> str | None:
+    """What is wrong with the hooks of plugin ``name``, or None: an ``@hookimpl`` named like no
+    hook, or an ``rlloom_*`` hook function without ``@hookimpl`` (pluggy would ignore both)."""
+    plugin = pm.get_plugin(name)
+    callers = pm.get_hookcallers(plugin) or ()
+    unknown = sorted(caller.name for caller in callers if not caller.has_spec())
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
         suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-        fail(name, f"implements unknown hook '{hook}'{suggestion}; known hooks: {', '.join(known)}")
-
-    for name, plugin in pm.list_name_plugin():
-        if plugin is None:  # blocked
-            continue
-        registered = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
-        for attr, hook in _unmarked_hooks(plugin, known):
-            if attr in registered:
-                continue
+        return f"implements unknown hook '{unknown[0]}'{suggestion}; known hooks: {', '.join(known)}"
+    registered = {caller.name for caller in callers}
+    for attr, hook in _unmarked_hooks(plugin, known):
+        if attr not in registered:
             rename = f" and rename it to '{hook}'" if hook != attr else ""
-            fail(
-                name,
-                f"defines {attr}() without @hookimpl, so it is never called; decorate it with "
-                f"@hookimpl (from rlloom import hookimpl){rename}",
-            )
+            return (f"defines {attr}() without @hookimpl, so it is never called; decorate it with "
+                    f"@hookimpl (from rlloom import hookimpl){rename}")
+    return None
 
 
 def _unmarked_hooks(plugin: Any, known: list[str]) -> list[tuple[str, str]]:
@@ -171,35 +192,69 @@ def _unmarked_hooks(plugin: Any, known: list[str]) -> list[tuple[str, str]]:
 
 
 class Registry:
-    """Kinds → names → ``Entry``; built from a plugin manager by ``Registry.from_plugins``."""
+    """Kinds → names → ``Entry``, and the plugins behind them; built from a plugin manager by
+    ``Registry.from_plugins``. ``failed`` are the plugins that did not load, with their errors."""
 
-    def __init__(self, entries: Mapping[str, Mapping[str, Entry]]):
+    def __init__(
+        self,
+        entries: Mapping[str, Mapping[str, Entry]],
+        plugins: Mapping[str, Plugin] | None = None,
+        failed: Iterable[Plugin] = (),
+    ):
         self._entries = {kind: dict(names) for kind, names in entries.items()}
+        self._plugins = dict(plugins or {})
+        self.failed = list(failed)
 
     @classmethod
-    def from_plugins(cls, pm: pluggy.PluginManager) -> "Registry":
-        entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+    def from_plugins(cls, pm: PluginManager) -> "Registry":
+        """Ask every registration hook of every plugin for its factories. A plugin whose hook
+        raises is left out (recorded in ``failed``); a name several plugins register in one kind
+        becomes an ``Entry`` with an ``error`` naming them all."""
+        offers: list[tuple[str, str, Any, str]] = []  # (kind, name, factory, plugin)
+        failed = list(pm.failed)
+        broken: set[str] = set()
 
-        def add(kind: str, name: str, factory: Callable, plugin: str) -> None:
-            section = entries.setdefault(kind, {})
-            if name in section:
-                raise RegistryError(
-                    f"{kind} '{name}' is registered twice: by plugin '{section[name].plugin}' and "
-                    f"by plugin '{plugin}'. Rename one, or disable one with `plugins.disable`."
-                )
-            if not callable(factory):
-                raise RegistryError(f"{kind} '{name}' from plugin '{plugin}' is not callable")
-            section[name] = Entry(kind, name, factory, plugin)
+        def ask(impl: Any, hook: str) -> Mapping[str, Any]:
+            try:
+                offered = impl.function() or {}
+                if not isinstance(offered, Mapping):
+                    raise TypeError(f"returned {type(offered).__name__}, expected {{name: factory}}")
+                return offered
+            except Exception as exc:  # any failure of foreign code
+                broken.add(impl.plugin_name)
+                info = pm.plugins.get(impl.plugin_name, Plugin(impl.plugin_name))
+                failed.append(_failure(info, f"failed in its hook {hook}: {type(exc).__name__}: {exc}"))
+                return {}
 
         for kind in KINDS.values():
-            for impl in reversed(getattr(pm.hook, kind.hook).get_hookimpls()):
-                for name, factory in (impl.function() or {}).items():
-                    add(kind.name, name, factory, impl.plugin_name)
-        for impl in reversed(pm.hook.rlloom_kinds.get_hookimpls()):
-            for kind_name, factories in (impl.function() or {}).items():
-                for name, factory in factories.items():
-                    add(kind_name, name, factory, impl.plugin_name)
-        return cls(entries)
+            for impl in getattr(pm.hook, kind.hook).get_hookimpls():
+                offers += [(kind.name, n, f, impl.plugin_name) for n, f in ask(impl, kind.hook).items()]
+        for impl in pm.hook.rlloom_kinds.get_hookimpls():
+            for kind_name, factories in ask(impl, "rlloom_kinds").items():
+                offers += [(kind_name, n, f, impl.plugin_name) for n, f in factories.items()]
+
+        owners: dict[tuple[str, str], list[tuple[Any, str]]] = {}
+        for kind, name, factory, plugin in offers:
+            if plugin not in broken:
+                owners.setdefault((kind, name), []).append((factory, plugin))
+        entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        for (kind, name), offered in owners.items():
+            factory, plugin = offered[0]
+            error = None
+            if len(offered) > 1:
+                by = " and by ".join(f"plugin '{p}'" for _, p in offered)
+                error = (f"{kind} '{name}' is registered twice: by {by}. Rename one, or disable one "
+                         f"with `plugins.disable`.")
+                plugin = ", ".join(p for _, p in offered)
+            elif not callable(factory):
+                error = f"{kind} '{name}' from plugin '{plugin}' is not callable"
+            entries.setdefault(kind, {})[name] = Entry(kind, name, factory, plugin, error)
+        plugins = {name: info for name, info in pm.plugins.items() if name not in broken}
+        return cls(entries, plugins, failed)
+
+    def plugin(self, name: str) -> Plugin:
+        """What is known of plugin ``name``: its package and version (None when registered by hand)."""
+        return self._plugins.get(name, Plugin(name))
 
     def kinds(self) -> list[str]:
         return list(self._entries)
@@ -217,10 +272,14 @@ class Registry:
         return self._entries[kind]
 
     def get(self, kind: str, name: str) -> Entry:
-        """The entry for ``name``; an unknown name lists the kind's names and the closest."""
+        """The entry for ``name``; an unknown name lists the kind's names, the closest, and the
+        plugins that failed to load; a name several plugins register says so."""
         section = self._section(kind)
         if name not in section:
-            raise RegistryError(_unknown(kind, name, sorted(section)))
+            not_loaded = "".join(f"; not loaded: {p.error}" for p in self.failed)
+            raise RegistryError(_unknown(kind, name, sorted(section)) + not_loaded)
+        if section[name].error:
+            raise RegistryError(section[name].error)
         return section[name]
 
     def label(self, kind: str, spec: Any) -> str:
@@ -269,6 +328,15 @@ class Registry:
                 self.bind(nested_kind, params[param], f"{path}.{param}")
         return entry, params
 
+    def entries_of(self, kind: str, spec: Any, path: str) -> list[Entry]:
+        """The entry ``spec`` names and those of its nested components (a wrapped sampler)."""
+        entry, params = self.bind(kind, spec, path)
+        found = [entry]
+        for param, nested_kind in nested_components(entry.factory).items():
+            if param in params:
+                found += self.entries_of(nested_kind, params[param], f"{path}.{param}")
+        return found
+
     def build(self, kind: str, spec: Any, path: str | None = None) -> Any:
         """Build the component ``spec`` names, nested components first, and check it against
         its kind's contract (``kinds.conform``)."""
@@ -310,7 +378,7 @@ def _unknown(kind: str, name: str, names: list[str]) -> str:
 
 
 @lru_cache(maxsize=8)
-def _cached(disable: tuple[str, ...]) -> tuple[pluggy.PluginManager, Registry]:
+def _cached(disable: tuple[str, ...]) -> tuple[PluginManager, Registry]:
     pm = make_plugin_manager(disable)
     return pm, Registry.from_plugins(pm)
 
@@ -328,6 +396,6 @@ def get_registry(disable: Iterable[str] = ()) -> Registry:
     return _cached(_disable_set(disable))[1]
 
 
-def get_plugin_manager(disable: Iterable[str] = ()) -> pluggy.PluginManager:
+def get_plugin_manager(disable: Iterable[str] = ()) -> PluginManager:
     """The plugin manager behind ``get_registry(disable)``, for calling lifecycle hooks."""
     return _cached(_disable_set(disable))[0]

@@ -139,21 +139,23 @@ class Tracker:
 
 
 def run_tags(cfg: Any, mode: str, reward_names: list[str], registry: Any) -> dict[str, str]:
-    """The tags of a run: its algorithm and mode, each component's name, and the version of
-    every installed package that provides plugins."""
+    """The tags of a run: its algorithm and mode, each component's name (the rewards' sorted,
+    so reordering them changes nothing), and ``plugin.<package>`` = version for rlloom and for
+    the package of every plugin whose component the run uses (nested components included)."""
     import importlib.metadata as md
 
+    from rlloom.config import component_specs
     from rlloom.kinds import KINDS
-    from rlloom.registry import split_spec
+    from rlloom.registry import Plugin, split_spec
 
     tags = {"algorithm": cfg.algorithm, "mode": mode}
     for kind in KINDS:
         if cfg[kind] is not None and kind != "reward":
             tags[f"component.{kind}"] = split_spec(cfg[kind], kind)[0]
-    tags["component.reward"] = ",".join(reward_names)
-    for plugin in sorted({e.plugin.split(".")[0] for k in registry.kinds() for e in registry.entries(k)}):
-        try:
-            tags[f"plugin.{plugin}"] = md.version(plugin)
-        except md.PackageNotFoundError:
-            continue
+    tags["component.reward"] = ",".join(sorted(reward_names))
+    used = {registry.plugin(entry.plugin)
+            for kind, path, spec in component_specs(cfg, registry)
+            for entry in registry.entries_of(kind, spec, path)}
+    for plugin in sorted(used | {Plugin("rlloom", "rlloom", md.version("rlloom"))}, key=lambda p: p.name):
+        tags[f"plugin.{plugin.package or plugin.name}"] = plugin.version or "unknown"
     return tags

@@ -113,7 +113,8 @@ class Format:
 
     ``re.fullmatch`` with ``re.DOTALL`` (``.`` also matches newlines), e.g.
     ``"<think>.*</think>\\s*<answer>.*</answer>"``. A shaping term, added to the task reward
-    before advantages are computed.
+    before advantages are computed. ``pattern``: the regex a completion must match whole.
+    ``reward``: the value of a match. ``penalty``: the value of anything else.
     """
 
     def __init__(self, pattern: str, reward: float = 1.0, penalty: float = 0.0):

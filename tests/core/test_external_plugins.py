@@ -67,18 +67,57 @@ def test_contrib_advantage_values_by_hand(installed_contrib):
         sys.path.remove(str(installed_contrib))
 
 
-def test_broken_plugin_is_named_and_can_be_disabled(tmp_path):
-    (tmp_path / "broken_rl_plugin.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    dist = tmp_path / "broken_rl_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-rl-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[rlloom.plugins]\nbroken = broken_rl_plugin\n")
-    proc = _rlloom(["list"], tmp_path)
-    assert proc.returncode == 2
-    assert "plugin 'broken' (package broken-rl-plugin) failed to import" in proc.stderr
-    assert "plugins.disable: [broken]" in proc.stderr and "Traceback" not in proc.stderr
-    ok = _rlloom(["list", "advantage", "--json"], tmp_path, {"RLLOOM_DISABLE_PLUGINS": "broken"})
-    assert ok.returncode == 0 and "grpo" in ok.stdout
+def _fake_dist(site, module, source, dist, entry_point):
+    """An installed distribution ``dist`` in ``site`` whose entry point loads ``module``."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[rlloom.plugins]\n{entry_point} = {module}\n")
+
+
+def test_broken_plugin_is_listed_with_its_error_and_stops_only_a_run_that_needs_it(tmp_path):
+    _fake_dist(tmp_path, "broken_rl_plugin", "raise ImportError('needs a library that is not installed')\n",
+               "broken-rl-plugin", "broken")
+    error = ("plugin 'broken' (package broken-rl-plugin) failed to import from entry point 'broken_rl_plugin': "
+             "ImportError: needs a library that is not installed. Disable it with `plugins.disable: [broken]` "
+             "in the config or RLLOOM_DISABLE_PLUGINS=broken in the environment.")
+    listing = _rlloom(["list", "kl"], tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "k3" in listing.stdout and " ".join(listing.stdout.split()).endswith(f"not loaded: {error}")
+    rows = json.loads(_rlloom(["list", "--json"], tmp_path).stdout)
+    assert {"kind": None, "name": None, "plugin": "broken", "package": "broken-rl-plugin", "version": "0.1",
+            "summary": "", "error": error} in rows
+    ok = _rlloom(["validate", "grpo"], tmp_path)
+    assert ok.returncode == 0 and ok.stderr == f"rlloom: warning: not loaded: {error}\n"
+    needs_it = _rlloom(["validate", "grpo", "advantage=median_of_means"], tmp_path)
+    assert needs_it.returncode == 2 and "Traceback" not in needs_it.stderr
+    [_, line] = needs_it.stderr.strip().splitlines()  # the warning, then the one-line error
+    assert line.startswith("rlloom: error: advantage: unknown advantage 'median_of_means'; known: ")
+    assert line.endswith(f"; not loaded: {error}")
+    quiet = _rlloom(["validate", "grpo"], tmp_path, {"RLLOOM_DISABLE_PLUGINS": "broken"})
+    assert quiet.returncode == 0 and quiet.stderr == ""
     config = tmp_path / "c.yaml"
     config.write_text("defaults: [grpo]\nplugins: {disable: [broken]}\n")
-    assert _rlloom(["validate", str(config)], tmp_path).returncode == 0
+    assert _rlloom(["validate", str(config)], tmp_path).stderr == ""
+
+
+def test_two_plugins_registering_one_name_block_only_that_name(tmp_path):
+    source = "from rlloom import hookimpl\nfrom rlloom.plugins.rloo import RLOOAdvantage\n\n" \
+             "@hookimpl\ndef rlloom_advantage():\n    return {'{name}': RLOOAdvantage}\n"
+    _fake_dist(tmp_path, "first_rl_plugin", source.replace("{name}", "loo"), "first-rl-plugin", "first")
+    _fake_dist(tmp_path, "second_rl_plugin", source.replace("{name}", "loo"), "second-rl-plugin", "second")
+    listing = _rlloom(["list", "advantage", "--json"], tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    [row] = [r for r in json.loads(listing.stdout) if r["name"] == "loo"]
+    assert {row["plugin"], row["error"]} == {
+        "first, second",
+        "advantage 'loo' is registered twice: by plugin 'first' and by plugin 'second'. "
+        "Rename one, or disable one with `plugins.disable`.",
+    }
+    assert _rlloom(["validate", "grpo", "advantage=rloo"], tmp_path).returncode == 0
+    clash = _rlloom(["validate", "grpo", "advantage=loo"], tmp_path)
+    assert clash.returncode == 2
+    assert clash.stderr == f"rlloom: error: advantage: {row['error']}\n"
+    one = _rlloom(["validate", "grpo", "advantage=loo"], tmp_path, {"RLLOOM_DISABLE_PLUGINS": "second"})
+    assert one.returncode == 0, one.stderr

@@ -1,4 +1,5 @@
-"""The registry: builtins registered like plugins, duplicates refused, unknown names explained."""
+"""The registry: builtins registered like plugins, duplicates and broken plugins kept out of
+the way of everything else, unknown names explained."""
 import sys
 import types
 
@@ -7,7 +8,7 @@ import pytest
 from rlloom import hookimpl, registry as registry_module
 from rlloom.errors import ConfigError, PluginLoadError, RegistryError
 from rlloom.kinds import KINDS
-from rlloom.registry import Registry, get_registry, make_plugin_manager
+from rlloom.registry import Plugin, Registry, get_registry, make_plugin_manager
 
 
 def test_every_kind_has_builtins_with_summaries():
@@ -33,14 +34,21 @@ class _Duplicate:
         return {"grpo": lambda: None}
 
 
-def test_duplicate_name_names_both_plugins():
+def test_duplicate_name_is_refused_when_used_naming_both_plugins_and_blocks_nothing_else():
     pm = make_plugin_manager()
     pm.register(_Duplicate(), name="my_dup_plugin")
+    registry = Registry.from_plugins(pm)
+    [listed] = [e for e in registry.entries("advantage") if e.name == "grpo"]
+    assert listed.plugin == "rlloom.plugins.grpo, my_dup_plugin" and "registered twice" in listed.error
     with pytest.raises(RegistryError) as err:
-        Registry.from_plugins(pm)
-    message = str(err.value)
-    assert "advantage 'grpo'" in message
-    assert "rlloom.plugins.grpo" in message and "my_dup_plugin" in message
+        registry.get("advantage", "grpo")
+    assert str(err.value) == (
+        "advantage 'grpo' is registered twice: by plugin 'rlloom.plugins.grpo' and by plugin 'my_dup_plugin'. "
+        "Rename one, or disable one with `plugins.disable`."
+    )
+    with pytest.raises(ConfigError, match=r"^advantage: advantage 'grpo' is registered twice"):
+        registry.bind("advantage", "grpo", "advantage")
+    assert registry.build("advantage", "rloo") is not None  # every other name still works
 
 
 def test_unknown_name_lists_names_and_closest_match():
@@ -91,6 +99,7 @@ def test_plugin_can_add_a_kind():
 
 class _FakeDist:
     name = "my-plugin-dist"
+    version = "0.3"
 
 
 class _FakeEntryPoint:
@@ -119,6 +128,15 @@ def _load_entry_points(monkeypatch, *plugins):
     return make_plugin_manager()
 
 
+def _load_error(monkeypatch, name, plugin):
+    """The error of entry-point plugin ``name``, which is left out while the builtins load."""
+    pm = _load_entry_points(monkeypatch, (name, plugin))
+    assert not pm.has_plugin(name) and pm.has_plugin("rlloom.plugins.grpo")
+    [failed] = pm.failed
+    assert (failed.name, failed.package, failed.version) == (name, "my-plugin-dist", "0.3")
+    return failed.error
+
+
 def test_builtins_alone_load_without_hook_errors():
     pm = make_plugin_manager()
     pm.check_pending()
@@ -128,14 +146,15 @@ def test_builtins_alone_load_without_hook_errors():
 def test_well_formed_entry_point_plugin_loads(monkeypatch):
     module = _plugin_module("my_good_plugin", rlloom_reward=hookimpl(lambda: {"always_one": lambda: 1}))
     pm = _load_entry_points(monkeypatch, ("my_plugin", module))
-    assert Registry.from_plugins(pm).get("reward", "always_one").plugin == "my_plugin"
+    registry = Registry.from_plugins(pm)
+    assert registry.get("reward", "always_one").plugin == "my_plugin"
+    assert registry.plugin("my_plugin") == Plugin("my_plugin", "my-plugin-dist", "0.3")
+    assert registry.plugin("rlloom.plugins.grpo").package == "rlloom"
 
 
 def test_misspelled_hookimpl_names_plugin_hook_and_suggestion(monkeypatch):
     module = _plugin_module("my_typo_plugin", rlloom_rewards=hookimpl(lambda: {}))
-    with pytest.raises(PluginLoadError) as err:
-        _load_entry_points(monkeypatch, ("my_plugin", module))
-    message = str(err.value)
+    message = _load_error(monkeypatch, "my_plugin", module)
     assert "\n" not in message
     assert message.startswith("plugin 'my_plugin' (package my-plugin-dist) implements unknown hook 'rlloom_rewards'")
     assert "(did you mean 'rlloom_reward'?)" in message
@@ -145,9 +164,7 @@ def test_misspelled_hookimpl_names_plugin_hook_and_suggestion(monkeypatch):
 
 def test_hook_without_hookimpl_marker_is_refused(monkeypatch):
     module = _plugin_module("my_unmarked_plugin", rlloom_reward=lambda: {"never": lambda: 0})
-    with pytest.raises(PluginLoadError) as err:
-        _load_entry_points(monkeypatch, ("my_plugin", module))
-    message = str(err.value)
+    message = _load_error(monkeypatch, "my_plugin", module)
     assert "\n" not in message
     assert "plugin 'my_plugin' (package my-plugin-dist) defines rlloom_reward() without @hookimpl" in message
     assert "decorate it with @hookimpl (from rlloom import hookimpl)" in message
@@ -156,9 +173,7 @@ def test_hook_without_hookimpl_marker_is_refused(monkeypatch):
 
 def test_misspelled_hook_without_hookimpl_marker_suggests_the_name(monkeypatch):
     module = _plugin_module("my_unmarked_typo", rlloom_advantages=lambda: {})
-    with pytest.raises(PluginLoadError) as err:
-        _load_entry_points(monkeypatch, ("my_plugin", module))
-    message = str(err.value)
+    message = _load_error(monkeypatch, "my_plugin", module)
     assert "defines rlloom_advantages() without @hookimpl" in message
     assert "rename it to 'rlloom_advantage'" in message
 
@@ -169,11 +184,9 @@ def test_both_mistakes_in_one_plugin_are_reported(monkeypatch):
         rlloom_rewards=hookimpl(lambda: {}),
         rlloom_advantage=lambda: {},
     )
-    with pytest.raises(PluginLoadError, match=r"implements unknown hook 'rlloom_rewards'"):
-        _load_entry_points(monkeypatch, ("my_plugin", module))
+    assert "implements unknown hook 'rlloom_rewards'" in _load_error(monkeypatch, "my_plugin", module)
     del module.rlloom_rewards
-    with pytest.raises(PluginLoadError, match=r"defines rlloom_advantage\(\) without @hookimpl"):
-        _load_entry_points(monkeypatch, ("my_plugin", module))
+    assert "defines rlloom_advantage() without @hookimpl" in _load_error(monkeypatch, "my_plugin", module)
 
 
 def test_imported_and_unrelated_functions_are_not_flagged(monkeypatch):
@@ -193,8 +206,8 @@ class _UnmarkedMethodPlugin:
 
 
 def test_class_plugin_method_without_hookimpl_is_refused(monkeypatch):
-    with pytest.raises(PluginLoadError, match=r"^plugin 'cls_plugin' \(package my-plugin-dist\) defines rlloom_reward\(\)"):
-        _load_entry_points(monkeypatch, ("cls_plugin", _UnmarkedMethodPlugin()))
+    message = _load_error(monkeypatch, "cls_plugin", _UnmarkedMethodPlugin())
+    assert message.startswith("plugin 'cls_plugin' (package my-plugin-dist) defines rlloom_reward()")
 
 
 def test_plugin_registered_by_hand_with_unknown_hook_is_refused_without_disable_hint(monkeypatch):
@@ -207,3 +220,20 @@ def test_plugin_registered_by_hand_with_unknown_hook_is_refused_without_disable_
     message = str(err.value)
     assert message.startswith("plugin 'rlloom.plugins.fake' implements unknown hook 'rlloom_rewards'")
     assert "RLLOOM_DISABLE_PLUGINS" not in message
+
+
+def test_plugin_whose_hook_raises_is_left_out_and_named_when_a_config_needs_it(monkeypatch):
+    def rlloom_reward():
+        raise RuntimeError("reward model weights missing")
+
+    module = _plugin_module("my_raising_plugin", rlloom_reward=hookimpl(rlloom_reward))
+    registry = Registry.from_plugins(_load_entry_points(monkeypatch, ("my_plugin", module)))
+    [failed] = registry.failed
+    assert failed.error.startswith("plugin 'my_plugin' (package my-plugin-dist) failed in its hook rlloom_reward: "
+                                   "RuntimeError: reward model weights missing.")
+    assert registry.build("reward", "answer_equivalence") is not None
+    with pytest.raises(RegistryError) as err:
+        registry.get("reward", "learned_judge")
+    message = str(err.value)
+    assert message.startswith("unknown reward 'learned_judge'; known: ")
+    assert message.endswith("; not loaded: " + failed.error) and "\n" not in message
