@@ -71,7 +71,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
         default = "required" if p.default is REQUIRED else repr(p.default)
         name = f"{p.name} (engine)" if p.engine else p.name
         table.add_row(name, escape(p.type), escape(default), escape(p.meaning))
-    Console(width=shutil.get_terminal_size((120, 24)).columns).print(table if d.parameters else "no parameters")
+    console = Console(width=shutil.get_terminal_size((120, 24)).columns)
+    with console.capture() as captured:
+        console.print(table if d.parameters else "no parameters")
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()))
     print(f"\n{d.docstring}")
     return 0
 

@@ -96,11 +96,8 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> PluginManager:
     version = md.version("rlloom")
     for module_name in _builtin_modules():
         if module_name not in disabled:
-            pm.register(importlib.import_module(module_name), name=module_name)
+            register_checked(pm, importlib.import_module(module_name), module_name)
             pm.plugins[module_name] = Plugin(module_name, "rlloom", version)
-            problem = _hook_problem(pm, module_name, known)
-            if problem:
-                raise PluginLoadError(f"plugin '{module_name}' {problem}.")
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         if ep.name in disabled or pm.has_plugin(ep.name):
             continue
@@ -119,6 +116,17 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> PluginManager:
         else:
             pm.plugins[ep.name] = info
     return pm
+
+
+def register_checked(pm: PluginManager, plugin: Any, name: str | None = None) -> str:
+    """Register ``plugin`` (under ``name``, else pluggy's name for it); a misspelled hook
+    raises ``PluginLoadError`` naming the plugin and the hook. Returns its name."""
+    name = pm.register(plugin, name=name)
+    problem = _hook_problem(pm, name, _spec_names(pm))
+    if problem:
+        pm.unregister(name=name)
+        raise PluginLoadError(f"plugin '{name}' {problem}.")
+    return name
 
 
 def _failure(info: Plugin, problem: str) -> Plugin:

@@ -1,7 +1,9 @@
-"""Helpers for testing components: the contract check of a kind, and a RolloutBatch from just
-the fields a component reads."""
+"""Helpers for testing components: the contract check of a kind, a RolloutBatch from just
+the fields a component reads, a plugin manager holding a plugin that is not installed, and the
+overrides that turn any preset into a seconds-long CPU run."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,6 +11,7 @@ from torch import Tensor
 
 from rlloom.batch import RolloutBatch
 from rlloom.kinds import conform
+from rlloom.registry import PluginManager, make_plugin_manager, register_checked
 
 _NOT_TENSORS = ("prompts", "completions", "columns")
 
@@ -45,3 +48,42 @@ def check_component(kind: str, component: Any) -> Any:
     In a plugin's tests: ``assert check_component("advantage", MyAdvantage()).requires == {"rewards"}``.
     """
     return conform(kind, component, kind)
+
+
+def plugin_manager_with(*plugins: Any) -> PluginManager:
+    """The builtins and installed plugins plus ``plugins`` (modules or objects with
+    ``@hookimpl`` functions), each checked like an installed plugin (a misspelled hook raises
+    ``PluginLoadError``). For a plugin's tests before it is installed:
+    ``Registry.from_plugins(pm)`` resolves its names, ``validate_config(cfg, registry)`` checks a
+    config using them, and ``Trainer(cfg, plugin_manager=pm).train()`` runs one."""
+    pm = make_plugin_manager()
+    for plugin in plugins:
+        if not pm.is_registered(plugin):  # else installed as well
+            register_checked(pm, plugin)
+    return pm
+
+
+TINY = [
+    "warm_start.config=null",
+    "model.embedded.hidden_size=32",
+    "model.embedded.num_layers=1",
+    "model.embedded.num_heads=2",
+    "model.embedded.intermediate_size=64",
+    "task.num_train=64",
+    "task.num_test=16",
+    "task.max_value=9",
+    "trainer.max_steps=2",
+    "trainer.prompts_per_step=4",
+    "trainer.micro_batch_size=8",
+    "trainer.batch_size=8",
+    "trainer.eval_every=2",
+    "trainer.eval_size=8",
+]
+"""Overrides that turn any preset into a seconds-long CPU run: no warm start, a one-layer
+embedded model, a small task, two steps."""
+
+
+def tiny_run(directory: str | Path) -> list[str]:
+    """``TINY`` writing its outputs and its MLflow store into ``directory``."""
+    directory = Path(directory)
+    return [*TINY, f"output_dir={directory / 'run'}", f"tracking.uri=sqlite:///{directory / 'mlflow.db'}"]

@@ -38,6 +38,7 @@ class GRPOAdvantage:
     by the std of all rewards of the batch, ``none`` does not divide (Dr. GRPO, Liu et al.
     2025: A = r − mean(r_1..r_G)). ``leave_one_out`` replaces the group mean by the mean of the
     other G−1 completions (the RLOO baseline). ``clip`` clips advantages to [−clip, clip].
+    ``eps``: the ε added to the std in the denominator.
 
     Peer conventions for the std epsilon: ``eps: 1e-6`` (default) is verl's ``grpo`` estimator
     (``epsilon=1e-6``); ``eps: 1e-4`` is TRL's ``GRPOTrainer`` (``std + 1e-4``, with its

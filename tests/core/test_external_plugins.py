@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTRIB = ROOT / "contrib" / "rlloom-median-baseline"
+CONTRIB = ROOT / "contrib" / "rlloom-example"
 
 
 def _rlloom(args, extra_path, env_extra=None):
@@ -28,13 +28,19 @@ def installed_contrib(tmp_path_factory):
     return target
 
 
-def test_out_of_tree_plugin_is_listed(installed_contrib):
-    proc = _rlloom(["list", "advantage", "--json"], installed_contrib)
+def test_out_of_tree_plugin_is_listed_and_shown(installed_contrib):
+    proc = _rlloom(["list", "--json"], installed_contrib)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
-    assert rows["median_baseline"]["plugin"] == "median_baseline"
-    assert rows["median_baseline"]["summary"].startswith("Group-median baseline")
-    assert "grpo" in rows  # builtins still there
+    rows = {(r["kind"], r["name"]): r for r in json.loads(proc.stdout)}
+    for key in [("advantage", "median_baseline"), ("reward", "answer_distance"), ("kl", "abs_log_ratio")]:
+        assert (rows[key]["plugin"], rows[key]["package"], rows[key]["version"]) == ("example", "rlloom-example", "0.1.0")
+    assert rows[("advantage", "median_baseline")]["summary"].startswith("Group-median baseline")
+    assert ("advantage", "grpo") in rows  # builtins still there
+    shown = _rlloom(["show", "reward", "answer_distance", "--json"], installed_contrib)
+    assert shown.returncode == 0, shown.stderr
+    params = {p["name"]: p for p in json.loads(shown.stdout)["parameters"]}
+    assert (params["scale"]["type"], params["scale"]["default"]) == ("float", 10.0)
+    assert params["scale"]["meaning"] == "scale: the distance at which the reward reaches 0."
 
 
 def test_config_uses_plugin_by_name(installed_contrib, tmp_path):
@@ -45,26 +51,21 @@ def test_config_uses_plugin_by_name(installed_contrib, tmp_path):
     assert bad.returncode == 2 and "did you mean 'scale'" in bad.stderr
 
 
-def test_contrib_advantage_values_by_hand(installed_contrib):
-    sys.path.insert(0, str(installed_contrib))
-    try:
-        import torch
-        from rlloom_median_baseline import MedianBaseline
+def test_run_tags_the_packages_of_the_plugins_it_uses(installed_contrib, tmp_path):
+    from rlloom.testing import tiny_run
 
-        from rlloom.testing import check_component, rollout_batch
+    db = tmp_path / "mlflow.db"
+    plain = _rlloom(["train", "grpo", *tiny_run(tmp_path), "tracking.run_name=plain"], installed_contrib)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    used = _rlloom(["train", "grpo", *tiny_run(tmp_path), "tracking.run_name=median", "output_dir=" + str(tmp_path / "m"),
+                    "advantage=median_baseline"], installed_contrib)
+    assert used.returncode == 0, used.stderr[-2000:]
+    import mlflow
 
-        # group 0 rewards [0, 1, 10] -> median 1 -> [-1, 0, 9]; group 1 [2, 4] -> median 3 -> [-1, 1]
-        rewards = torch.tensor([0.0, 1.0, 10.0, 2.0, 4.0])
-        mask = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 1], [1, 0]])
-        batch = rollout_batch(mask, group_ids=[0, 0, 0, 1, 1], rewards=rewards)
-        out = MedianBaseline()(batch)
-        expected = torch.tensor([[-1.0, -1.0], [0.0, 0.0], [9.0, 9.0], [-1.0, -1.0], [1.0, 1.0]])
-        assert torch.equal(out.advantages, expected * mask)
-        # adv/mean over the 8 real tokens, like every builtin: (-2 + 0 + 18 - 2 + 1) / 8
-        assert out.metrics["adv/mean"].item() == pytest.approx(15 / 8)
-        assert check_component("advantage", MedianBaseline()).requires == {"rewards", "group_ids"}
-    finally:
-        sys.path.remove(str(installed_contrib))
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    runs = {r.info.run_name: r.data.tags for r in client.search_runs([client.get_experiment_by_name("rlloom").experiment_id])}
+    assert runs["median"]["plugin.rlloom-example"] == "0.1.0" and runs["median"]["plugin.rlloom"] == "0.1.0"
+    assert "plugin.rlloom-example" not in runs["plain"]  # installed, but no component of it used
 
 
 def _fake_dist(site, module, source, dist, entry_point):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from rlloom.testing import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 # a warm start of two tiny steps: `warm_start: {config: sft}` must resolve from the wheel too

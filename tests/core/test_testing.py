@@ -1,6 +1,10 @@
+import pytest
 import torch
 
-from rlloom.testing import rollout_batch
+from rlloom import hookimpl
+from rlloom.errors import PluginLoadError
+from rlloom.registry import Registry
+from rlloom.testing import plugin_manager_with, rollout_batch
 
 
 def test_shapes_and_default_groups():
@@ -21,3 +25,23 @@ def test_group_ids_and_fields_pass_through():
     assert batch.values is values and batch.values.dtype == torch.float64
     assert isinstance(batch.rewards, torch.Tensor) and batch.rewards.tolist() == [1.0, 0.5]
     assert batch.prompts == ["a", "b"]
+
+
+class _Typo:
+    @hookimpl
+    def rlloom_rewards(self):
+        return {}
+
+
+class _Good:
+    @hookimpl
+    def rlloom_reward(self):
+        return {"always_one": lambda: (lambda prompts, completions, **columns: [1.0] * len(completions))}
+
+
+def test_plugin_manager_with_registers_and_checks_an_uninstalled_plugin():
+    registry = Registry.from_plugins(plugin_manager_with(_Good()))
+    assert registry.get("reward", "always_one") and registry.get("advantage", "grpo")
+    with pytest.raises(PluginLoadError, match=r"implements unknown hook 'rlloom_rewards' \(did you mean 'rlloom_reward'\?\)"):
+        plugin_manager_with(_Typo())
+

@@ -1,16 +1,11 @@
-"""An example third-party rlloom plugin: the group-median baseline advantage.
-
-Registered through the entry-point group ``rlloom.plugins`` in this package's
-pyproject.toml; after ``pip install`` it is used by name:
-``advantage: {name: median_baseline}``.
-"""
+"""An advantage estimator: the group-median baseline (``advantage: median_baseline``)."""
 from __future__ import annotations
 
 from typing import ClassVar
 
 import torch
 
-from rlloom import AdvantageOutput, RolloutBatch, hookimpl
+from rlloom import AdvantageOutput, RolloutBatch
 from rlloom.algos import Groups, check_positive, finish, read, read_mask
 
 
@@ -20,7 +15,8 @@ class MedianBaseline:
     Like GRPO's group-mean centring (Shao et al. 2024) with the median as the baseline, so one
     outlier reward in a group does not shift every other member's advantage. For an even
     group size the median is the mean of the two middle rewards. Shapes: rewards [B],
-    group_ids [B], mask [B,T] → advantages [B,T] (0 on padding).
+    group_ids [B], mask [B,T] → advantages [B,T] (0 on padding). ``scale``: a positive factor
+    on every advantage.
     """
 
     requires: ClassVar[set[str]] = {"rewards", "group_ids"}
@@ -42,7 +38,3 @@ class MedianBaseline:
         # finish: zero padding and the adv/* metrics every builtin reports, per token
         return finish(advantages[:, None] * mask, mask, clip=None)
 
-
-@hookimpl
-def rlloom_advantage():
-    return {"median_baseline": MedianBaseline}
