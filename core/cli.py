@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import traceback
+from typing import Any
 
 from rlloom.errors import RlloomError, one_line
 
@@ -79,7 +80,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entry_row(entry, registry) -> dict:
+def _entry_row(entry: Any, registry: Any) -> dict[str, Any]:
     plugin = registry.plugin(entry.plugin)
     return {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin, "package": plugin.package,
             "version": plugin.version, "summary": entry.summary, "error": entry.error}

@@ -30,11 +30,10 @@ PRESET_DIR = Path(rlloom.presets.__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Preset:
-    """A preset: its name (the file's stem), its file, and its one-line description (the
-    comment line after the first, which is the command that runs it)."""
+    """A preset: its name (the file's stem) and its one-line description (the comment line
+    after the first, which is the command that runs it)."""
 
     name: str
-    path: Path
     description: str
 
 
@@ -43,7 +42,7 @@ def presets() -> list[Preset]:
     found = []
     for path in sorted(PRESET_DIR.glob("*.yaml")):
         comments = [line[1:].strip() for line in path.read_text().splitlines()[:2] if line.startswith("#")]
-        found.append(Preset(path.stem, path, comments[1] if len(comments) > 1 else ""))
+        found.append(Preset(path.stem, comments[1] if len(comments) > 1 else ""))
     return found
 
 
@@ -62,11 +61,11 @@ def _find_preset(name: str, base_dir: Path, where: str) -> Path:
     )
 
 
-def find_config(name: str | Path, base_dir: Path | None = None) -> Path:
-    """A config path as given, else a file of that name in ``base_dir`` (the working
-    directory), else the preset of that name."""
+def find_config(name: str | Path) -> Path:
+    """A config path as given, else ``name.yaml`` in the working directory, else the preset
+    of that name."""
     path = Path(name)
-    return path if path.is_file() else _find_preset(str(name), base_dir or Path.cwd(), "config ")
+    return path if path.is_file() else _find_preset(str(name), Path.cwd(), "config ")
 
 
 def _read_yaml(path: Path) -> DictConfig:

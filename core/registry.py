@@ -93,7 +93,7 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> PluginManager:
     disabled = set(disable)
     pm = PluginManager()
     known = _spec_names(pm)
-    version = md.version("rlloom")
+    version = package_version("rlloom")
     for module_name in _builtin_modules():
         if module_name not in disabled:
             register_checked(pm, importlib.import_module(module_name), module_name)
@@ -116,6 +116,14 @@ def make_plugin_manager(disable: Iterable[str] = ()) -> PluginManager:
         else:
             pm.plugins[ep.name] = info
     return pm
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of distribution ``package`` (None when it is not installed)."""
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
 
 
 def register_checked(pm: PluginManager, plugin: Any, name: str | None = None) -> str:

@@ -142,11 +142,9 @@ def run_tags(cfg: Any, mode: str, reward_names: list[str], registry: Any) -> dic
     """The tags of a run: its algorithm and mode, each component's name (the rewards' sorted,
     so reordering them changes nothing), and ``plugin.<package>`` = version for rlloom and for
     the package of every plugin whose component the run uses (nested components included)."""
-    import importlib.metadata as md
-
     from rlloom.config import component_specs
     from rlloom.kinds import KINDS
-    from rlloom.registry import Plugin, split_spec
+    from rlloom.registry import Plugin, package_version, split_spec
 
     tags = {"algorithm": cfg.algorithm, "mode": mode}
     for kind in KINDS:
@@ -156,6 +154,6 @@ def run_tags(cfg: Any, mode: str, reward_names: list[str], registry: Any) -> dic
     used = {registry.plugin(entry.plugin)
             for kind, path, spec in component_specs(cfg, registry)
             for entry in registry.entries_of(kind, spec, path)}
-    for plugin in sorted(used | {Plugin("rlloom", "rlloom", md.version("rlloom"))}, key=lambda p: p.name):
+    for plugin in sorted(used | {Plugin("rlloom", "rlloom", package_version("rlloom"))}, key=lambda p: p.name):
         tags[f"plugin.{plugin.package or plugin.name}"] = plugin.version or "unknown"
     return tags

@@ -1,6 +1,7 @@
 """Third-party plugins through the entry-point group: installed out of tree, and broken ones."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,13 @@ def _rlloom(args, extra_path, env_extra=None):
 @pytest.fixture(scope="module")
 def installed_contrib(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
+    # built from a copy: an in-tree build would leave rlloom_example.egg-info (an entry point)
+    # beside the sources, which the project's test run has on its path
+    source = tmp_path_factory.mktemp("src") / CONTRIB.name
+    shutil.copytree(CONTRIB, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(CONTRIB)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True,
     )
     return target
