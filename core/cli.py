@@ -154,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("show", help="a component's parameters (type, default, meaning), plugin and docstring")
+    p = sub.add_parser("show", parents=[common], help="a component's parameters (type, default, meaning), plugin and docstring")
     p.add_argument("kind", help="its kind (advantage, policy_loss, ...; see `rlloom list`)")
     p.add_argument("name", help="its registered name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser("presets", help="the presets shipped with rlloom, one line each")
+    p = sub.add_parser("presets", parents=[common], help="the presets shipped with rlloom, one line each")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_presets)
 
