@@ -133,8 +133,10 @@ def set_step_seed(seed: int, step: int, rank: int) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """``rlloom train``: ``output_dir`` checked, the warm start first when one is configured,
-    then the run itself; the process group (under ``accelerate launch``) is closed at the end."""
+    """``rlloom train``: the config validated whole and ``output_dir`` checked, the warm start
+    first when one is configured, then the run itself; the process group (under ``accelerate
+    launch``) is closed at the end."""
+    validate_config(cfg, get_registry(disabled_plugins(cfg)))
     check_output_dir(load_settings(cfg).output_dir)
     trainer = Trainer(prepare_warm_start(cfg))
     try:

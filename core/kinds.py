@@ -13,6 +13,9 @@ refused by name before training starts.
 """
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any, Callable, Optional, Protocol
@@ -415,32 +418,67 @@ def nested_components(factory: Callable[..., Any]) -> dict[str, str]:
     return dict(getattr(factory, "nested_components", {}))
 
 
+def fits(value: Any, annotation: Any) -> bool:
+    """Whether a config value fits a parameter's type annotation.
+
+    ``float`` takes ints too, a ``bool`` is no number, a list stands for a list, tuple or set
+    (element types checked), ``X | None`` takes null. ``Any``, a missing annotation and
+    annotations that are not plain types (callables, protocols, strings left unresolved)
+    accept every value.
+    """
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, tuple, set, frozenset):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args))
+        return all(fits(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        key, item = args or (Any, Any)
+        return isinstance(value, dict) and all(fits(k, key) and fits(v, item) for k, v in value.items())
+    if annotation is float:
+        return _is(value, (int, float))
+    if isinstance(annotation, type) and origin is None:
+        return _is(value, annotation)
+    return True
+
+
+def annotation_name(annotation: Any) -> str:
+    """``float or None``, ``list[float]``, ``int``: an annotation as a config author reads it."""
+    if annotation is None or annotation is type(None):
+        return "None"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(annotation_name(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def engine_keys(kind: str, params: dict[str, Any], where: str) -> Any:
-    """The engine's keys of a config entry (``Kind.engine_keys``), type-checked, defaults
-    filled; ``ConfigError`` naming ``where.key`` for a wrong type."""
+    """The engine's keys of a config entry (``Kind.engine_keys``), type-checked against the
+    dataclass's annotations, defaults filled; ``ConfigError`` naming ``where.key`` for a
+    wrong type."""
     schema = KINDS[kind].engine_keys if kind in KINDS else None
     if schema is None:
         return None
+    hints = typing.get_type_hints(schema)
     values = {}
     for f in fields(schema):
         if f.name not in params:
             continue
-        value = params[f.name]
-        expected = _ENGINE_KEY_TYPES[f.type]
-        if not _is(value, expected):
-            raise ConfigError(f"{where}.{f.name}: expected {_type_name(expected)}, got {value!r}")
-        values[f.name] = float(value) if isinstance(value, int) and float in expected else value
+        value, expected = params[f.name], hints[f.name]
+        if not fits(value, expected):
+            raise ConfigError(f"{where}.{f.name}: expected {annotation_name(expected)}, got {value!r}")
+        values[f.name] = float(value) if fits(0.5, expected) and _is(value, int) else value
     try:
         return schema(**values)
     except ValueError as exc:
         raise ConfigError(f"{where}.{exc}") from None
-
-
-# The annotations engine keys may have (the dataclasses above use string annotations).
-_ENGINE_KEY_TYPES: dict[str, tuple[type, ...]] = {
-    "float": (int, float),
-    "Optional[float]": (int, float, type(None)),
-    "int": (int,),
-    "bool": (bool,),
-    "Optional[str]": (str, type(None)),
-}

@@ -24,7 +24,7 @@ import pluggy
 
 from rlloom import hookspecs
 from rlloom.errors import ConfigError, PluginLoadError, RegistryError, component_call
-from rlloom.kinds import KINDS, conform, engine_keys, nested_components
+from rlloom.kinds import KINDS, annotation_name, conform, engine_keys, fits, nested_components
 
 ENTRY_POINT_GROUP = "rlloom.plugins"
 
@@ -318,7 +318,7 @@ class Registry:
         engine_keys(kind, params, path)
         for key in KINDS[kind].reserved if kind in KINDS else ():
             params.pop(key, None)
-        signature = inspect.signature(entry.factory)
+        signature = _signature(entry.factory)
         accepted = [
             p.name
             for p in signature.parameters.values()
@@ -339,9 +339,17 @@ class Registry:
             raise ConfigError(
                 f"{path}: {kind} '{name}': {exc}; accepted keys: {', '.join(accepted) or 'none'}"
             ) from None
-        for param, nested_kind in nested_components(entry.factory).items():
+        nested = nested_components(entry.factory)
+        for param, nested_kind in nested.items():
             if param in params:
                 self.bind(nested_kind, params[param], f"{path}.{param}")
+        for key, value in params.items():
+            annotation = signature.parameters[key].annotation if key in signature.parameters else Any
+            if key not in nested and not fits(value, annotation):
+                raise ConfigError(
+                    f"{path}.{key}: {kind} '{name}' takes {key} as {annotation_name(annotation)}, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
         return entry, params
 
     def entries_of(self, kind: str, spec: Any, path: str) -> list[Entry]:
@@ -368,6 +376,15 @@ class Registry:
             raise ConfigError(f"{path}: {kind} '{entry.name}': {exc}") from exc
         conform(kind, component, f"{path} ('{entry.name}' from plugin '{entry.plugin}')")
         return component
+
+
+def _signature(factory: Callable[..., Any]) -> inspect.Signature:
+    """The factory's signature with its annotations resolved (left as written when they
+    cannot be, e.g. a name only imported for type checking)."""
+    try:
+        return inspect.signature(factory, eval_str=True)
+    except Exception:  # an annotation naming something the factory's module does not define
+        return inspect.signature(factory)
 
 
 def split_spec(spec: Any, path: str) -> tuple[str, dict[str, Any]]:

@@ -2,13 +2,16 @@
 
 ``load_settings`` merges a config onto this schema, so a misspelled key
 (``trainer.max_stpes``) or a wrong type is rejected with its path before anything runs.
+Each numeric setting that has a lower bound declares it with its default (``at_least``,
+``above``), and the merged config is checked against those bounds, so a value that cannot run
+(``trainer.lr=-1``, ``trainer.max_steps=0``) is one line at ``rlloom validate`` time.
 Component sections (``advantage``, ``policy_loss``, ...) are free-form here; the registry
 validates them against their factories.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,15 +20,39 @@ from rlloom.errors import ConfigError
 from rlloom.kinds import KINDS
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The lowest value a setting may take: ``low`` itself included unless ``strict``."""
+
+    low: float
+    strict: bool = False
+
+    def admits(self, value: float) -> bool:
+        return value > self.low if self.strict else value >= self.low
+
+    def __str__(self) -> str:
+        return f"{'>' if self.strict else '>='} {self.low:g}"
+
+
+def at_least(default: Any, low: float) -> Any:
+    """A setting whose value (when not null) is ``>= low``."""
+    return field(default=default, metadata={"bound": Bound(low)})
+
+
+def above(default: Any, low: float) -> Any:
+    """A setting whose value (when not null) is ``> low``."""
+    return field(default=default, metadata={"bound": Bound(low, strict=True)})
+
+
 @dataclass
 class EmbeddedModelSettings:
     """The small Llama the embedded default builds (used when ``model.path`` is null)."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    max_positions: int = 64
+    hidden_size: int = at_least(64, 1)
+    num_layers: int = at_least(2, 1)
+    num_heads: int = at_least(4, 1)
+    intermediate_size: int = at_least(128, 1)
+    max_positions: int = at_least(64, 1)
 
 
 @dataclass
@@ -38,23 +65,23 @@ class ModelSettings:
 
 @dataclass
 class TrainerSettings:
-    max_steps: int = 100
-    prompts_per_step: int = 16  # prompts sampled per step, over all processes
-    micro_batch_size: int = 64  # rows per forward/backward
-    epochs: int = 1  # passes over one rollout batch (PPO epochs)
-    minibatches: int = 1  # optimizer steps per epoch
-    lr: float = 1e-4
-    max_grad_norm: float = 1.0
+    max_steps: int = at_least(100, 1)
+    prompts_per_step: int = at_least(16, 1)  # prompts sampled per step, over all processes
+    micro_batch_size: int = at_least(64, 1)  # rows per forward/backward
+    epochs: int = at_least(1, 1)  # passes over one rollout batch (PPO epochs)
+    minibatches: int = at_least(1, 1)  # optimizer steps per epoch
+    lr: float = above(1e-4, 0)
+    max_grad_norm: float = above(1.0, 0)
     entropy_coef: float = 0.0  # c2: loss −= c2·H
-    value_coef: float = 0.5  # c1: loss += c1·L_value
-    eval_every: int = 10
-    eval_size: int = 200  # held-out prompts per evaluation
-    eval_max_new_tokens: Optional[int] = None  # null: the sampler's budget
-    checkpoint_every: int = 0  # 0: only at the end
-    log_completions: int = 32  # sampled completions kept per logged table
-    completions_every: Optional[int] = None  # steps between completion tables; null: at evaluations (and the last step)
+    value_coef: float = at_least(0.5, 0)  # c1: loss += c1·L_value
+    eval_every: int = at_least(10, 0)  # 0: no evaluation
+    eval_size: int = at_least(200, 0)  # held-out prompts per evaluation
+    eval_max_new_tokens: Optional[int] = at_least(None, 1)  # null: the sampler's budget
+    checkpoint_every: int = at_least(0, 0)  # 0: only at the end
+    log_completions: int = at_least(32, 0)  # sampled completions kept per logged table
+    completions_every: Optional[int] = at_least(None, 1)  # steps between completion tables; null: at evaluations (and the last step)
     precision: str = "fp32"  # auto | fp32 | bf16: bf16 autocast with float32 weights (auto: where bf16 is fast)
-    batch_size: int = 32  # offline (SFT, DPO): rows per optimizer step, over all processes
+    batch_size: int = at_least(32, 1)  # offline (SFT, DPO): rows per optimizer step, over all processes
 
 
 @dataclass
@@ -123,11 +150,24 @@ def load_settings(cfg: DictConfig) -> DictConfig:
         key = getattr(exc, "full_key", None) or ""
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"{key or 'config'}: {reason}") from None
+    problems = [f"{path}: must be {bound}, got {value}" for path, bound, value in out_of_bounds(merged, Settings)]
+    if problems:
+        raise ConfigError("\n".join(problems))
     OmegaConf.set_struct(merged, False)
     for kind in KINDS:
         merged[kind] = cfg[kind] if kind in cfg else None
     OmegaConf.set_struct(merged, True)
     return merged
+
+
+def out_of_bounds(cfg: DictConfig, schema: type, prefix: str = "") -> Iterator[tuple[str, Bound, Any]]:
+    """(config path, bound, value) of every setting of ``schema`` whose value breaks its bound."""
+    for f in fields(schema):
+        value = cfg[f.name]
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            yield from out_of_bounds(value, f.default_factory, f"{prefix}{f.name}.")
+        elif "bound" in f.metadata and value is not None and not f.metadata["bound"].admits(value):
+            yield f"{prefix}{f.name}", f.metadata["bound"], value
 
 
 def as_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def test_kl_needs_its_coefficient(tiny):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("kl.coef=abc", r"kl\.coef: expected int or float or None, got 'abc'"),
+    ("kl.coef=abc", r"kl\.coef: expected float or None, got 'abc'"),
     ("kl.coef=-1", r"kl\.coef: β must be >= 0"),
     ("kl.in_reward=3", r"kl\.in_reward: expected bool"),
     ("kl.target=0.5", None),
