@@ -57,6 +57,50 @@ def chat_prompts(tokenizer, prompts: list[str]) -> list[str]:
     ]
 
 
+TARGETS = {"rollout": (), "supervised": ("completion",), "preference": ("chosen", "rejected")}
+"""The columns a training mode trains towards, after the prompt (see ``row_lengths``)."""
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """The number of tokens of each text (no special tokens added)."""
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def row_lengths(dataset, tokenizer, targets: tuple[str, ...], budget: int = 0) -> list[int]:
+    """Positions each row occupies: its prompt (through the chat template) followed by the
+    longest of its ``targets`` columns plus EOS (``completion``; ``chosen``, ``rejected``),
+    or, with no targets, by ``budget`` generated tokens."""
+    prompts = token_lengths(tokenizer, chat_prompts(tokenizer, dataset["prompt"]))
+    if not targets:
+        return [p + budget for p in prompts]
+    longest = [max(sizes) + 1 for sizes in zip(*(token_lengths(tokenizer, dataset[c]) for c in targets))]
+    return [p + t for p, t in zip(prompts, longest)]
+
+
+def fit_positions(dataset, lengths: list[int], limit: int | None, too_long: str, where: str):
+    """The rows of ``dataset`` whose ``lengths`` fit the model's ``limit`` positions, and how
+    many were dropped.
+
+    A longer row is never cut (a cut row may lose its whole completion): with
+    ``too_long="error"`` it raises ``DataError`` naming the first such row; with ``"skip"``
+    the rows are dropped. Every row when ``limit`` is None (a model that states no limit).
+    """
+    long_rows = [i for i, n in enumerate(lengths) if limit is not None and n > limit]
+    if not long_rows:
+        return dataset, 0
+    first = long_rows[0]
+    if too_long == "error" or len(long_rows) == len(lengths):
+        start = str(dataset[first]["prompt"])[:30]
+        also = f" ({len(long_rows)} of {len(lengths)} rows are)" if len(long_rows) > 1 else ""
+        fix = "shorten them or" if too_long == "skip" else "set `task.too_long: skip` to drop such rows, or"
+        raise DataError(
+            f"{where}, row {first}: {lengths[first]} tokens (prompt {start!r}...) do not fit the model's "
+            f"{limit} positions{also}; {fix} use a model with more positions"
+        )
+    kept = sorted(set(range(len(lengths))) - set(long_rows))
+    return dataset.select(kept), len(long_rows)
+
+
 def prompt_batch(dataset, rows: list[int], tokenizer, first_group_id: int) -> PromptBatch:
     """Rows of a task dataset as a ``PromptBatch`` (prompts through the chat template when the
     tokenizer has one); other fields travel as ``columns``."""

@@ -10,6 +10,7 @@ EVALUATE run in the runtime's precision (``trainer.precision``).
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -17,14 +18,15 @@ from omegaconf import DictConfig
 
 from rlloom import checkpoint
 from rlloom.config import disabled_plugins, validate_config
+from rlloom.data import TARGETS, fit_positions, row_lengths
 from rlloom.errors import one_line
 from rlloom.files import check_output_dir, writing
 from rlloom.online import OnlineMode
-from rlloom.pipeline import build_pipeline
+from rlloom.pipeline import Pipeline, build_pipeline
 from rlloom.preference import PreferenceMode
 from rlloom.progress import Progress, phase_name
 from rlloom.registry import Registry, get_plugin_manager, get_registry
-from rlloom.runtime import TrainingMode, build_runtime
+from rlloom.runtime import Runtime, TrainingMode, build_runtime
 from rlloom.settings import as_plain, load_settings
 from rlloom.supervised import SupervisedMode
 from rlloom.tracking import Tracker, run_tags
@@ -50,6 +52,7 @@ class Trainer:
         accelerator = Accelerator(mixed_precision="no")  # precision is the runtime's (trainer.precision)
         self.pipeline = build_pipeline(self.cfg, self.registry, accelerator.num_processes)
         self.runtime = build_runtime(self.cfg, self.pipeline, accelerator)
+        self.skipped = fit_train_data(self.pipeline, self.runtime)
         self.mode: TrainingMode = MODES[self.pipeline.mode](self.pipeline, self.runtime, self.pm.hook)
         self.phase = phase_name(self.pipeline.mode, warm_start)  # what the progress lines call this run
 
@@ -71,6 +74,8 @@ class Trainer:
         progress = Progress(self.phase, f"{cfg.algorithm} {source}", t.max_steps, start_step, main)
         status, error = "FAILED", None
         try:
+            if start_step == 0 and self.skipped:
+                tracker.log_metrics({"data/too_long_skipped": self.skipped}, 0)
             # EVALUATE where the policy begins
             if start_step == 0 and t.eval_every > 0:
                 with rt.autocast():
@@ -122,6 +127,20 @@ def logs_completions(t, done: int) -> bool:
     steps (null: at each evaluation, ``trainer.eval_every``), and at the last step."""
     every = t.eval_every if t.completions_every is None else t.completions_every
     return done == t.max_steps or (every > 0 and done % every == 0)
+
+
+def fit_train_data(pipeline: Pipeline, rt: Runtime) -> int:
+    """Keep the train rows that fit the model's positions (``task.too_long``: a longer row
+    stops the run, or is dropped with one line saying how many); the number dropped."""
+    data = pipeline.train_data
+    budget = pipeline.online.max_new_tokens if pipeline.online else 0
+    lengths = row_lengths(data, rt.tokenizer, TARGETS[pipeline.mode], budget)
+    where = f"{pipeline.source} (train split)"
+    pipeline.train_data, skipped = fit_positions(data, lengths, rt.max_positions, pipeline.too_long, where)
+    if skipped and rt.accelerator.is_main_process:
+        print(f"rlloom: {where}: skipped {skipped} of {len(data)} rows longer than the model's "
+              f"{rt.max_positions} positions (task.too_long=skip)", file=sys.stderr)
+    return skipped
 
 
 def set_step_seed(seed: int, step: int, rank: int) -> None:

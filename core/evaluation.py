@@ -1,15 +1,15 @@
 """Held-out evaluation by generation: greedy answers to test prompts, scored by the rewards."""
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
-from rlloom.data import prompt_batch, require_columns
+from rlloom.data import fit_positions, prompt_batch, require_columns, row_lengths
 from rlloom.decoding import Sampling, decode
 from rlloom.models import unwrap_lm
 from rlloom.ops import global_sum
-from rlloom.rewarding import RewardFunction, score
+from rlloom.pipeline import Pipeline
+from rlloom.rewarding import score
 from rlloom.rollout import completion_mask
 from rlloom.runtime import Runtime
 
@@ -27,11 +27,13 @@ class GreedyEvaluation:
 
     The held-out prompts are the first ``trainer.eval_size`` rows of the task's test split,
     loaded on first use and shared out over the processes. Answers are at most ``budget``
-    tokens (``trainer.eval_max_new_tokens``, else the sampler's budget).
+    tokens (``trainer.eval_max_new_tokens``, else the sampler's budget); a prompt that leaves
+    no room for them in the model's positions is refused or dropped (``task.too_long``).
     """
 
-    def __init__(self, task: Any, rewards: list[RewardFunction], budget: int | None):
-        self.task, self.rewards = task, rewards
+    def __init__(self, pipeline: Pipeline, budget: int | None):
+        self.task, self.rewards = pipeline.task, pipeline.rewards
+        self.source, self.too_long = pipeline.source, pipeline.too_long
         self.budget = budget or DEFAULT_BUDGET
         self._data = None
 
@@ -39,8 +41,10 @@ class GreedyEvaluation:
         if self._data is None:
             test = self.task.load("test")
             require_columns(test, ["prompt"], "task (test split)")
-            rows = list(range(min(rt.cfg.trainer.eval_size, len(test))))
-            self._data = test.select(rows[rt.rank :: rt.world])
+            test = test.select(range(min(rt.cfg.trainer.eval_size, len(test))))
+            lengths = row_lengths(test, rt.tokenizer, (), self.budget)
+            test, _ = fit_positions(test, lengths, rt.max_positions, self.too_long, f"{self.source} (test split)")
+            self._data = test.select(range(rt.rank, len(test), rt.world))
         return self._data
 
     @torch.no_grad()

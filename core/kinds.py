@@ -274,6 +274,26 @@ class KLKeys:
         return self.coef > 0
 
 
+TOO_LONG = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class TaskKeys:
+    """Keys beside ``name`` in the ``task`` entry that belong to the engine.
+
+    ``too_long`` says what becomes of a row that does not fit the model's positions (online:
+    the prompt and the generation budget; SFT and preference pairs: prompt, completion and
+    EOS): ``error`` stops before training, naming the row; ``skip`` drops such rows and says
+    how many.
+    """
+
+    too_long: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.too_long not in TOO_LONG:
+            raise ValueError(f"too_long: must be one of {', '.join(TOO_LONG)}, got {self.too_long!r}")
+
+
 @dataclass(frozen=True)
 class Kind:
     """A registry section: its config key, hook, interface and the contract of its components.
@@ -350,6 +370,7 @@ KINDS: dict[str, Kind] = {
             methods=("load",),
             attributes=(Attribute("alphabet", (str, type(None)), "every character its texts can hold "
                                   "(the embedded model's tokenizer); None: read from the data", None),),
+            engine_keys=TaskKeys,
         ),
         Kind("value_loss", "rlloom_value_loss", ValueLoss, "values + returns -> critic loss [B,T]",
              attributes=(REQUIRES, OFF_POLICY_PARAMS)),

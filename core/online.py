@@ -42,7 +42,7 @@ class OnlineMode:
                 )
             ref.model.to(rt.device)
         budget = rt.cfg.trainer.eval_max_new_tokens or self.parts.max_new_tokens
-        self.evaluation = GreedyEvaluation(pipeline.task, pipeline.rewards, budget)
+        self.evaluation = GreedyEvaluation(pipeline, budget)
         self.last_batch: RolloutBatch | None = None
 
     # ------------------------------------------------------------------ the step

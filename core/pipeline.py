@@ -70,6 +70,8 @@ class Pipeline:
     schedule: Any
     update: Any  # the update rule (AdamW by default)
     task: Any
+    source: str  # the task as a message names it: "task 'dataset' (data.jsonl)"
+    too_long: str  # rows longer than the model's positions: "error" or "skip"
     alphabet: str | None  # the task's characters, for the embedded model's tokenizer
     train_data: Any
     rewards: list[RewardFunction]
@@ -112,6 +114,8 @@ def build_pipeline(cfg: DictConfig, registry: Registry, world: int) -> Pipeline:
         schedule=schedule,
         update=update,
         task=task,
+        source=_task_source(cfg.task),
+        too_long=engine_keys("task", split_spec(cfg.task, "task")[1], "task").too_long,
         alphabet=conform("task", task).alphabet,
         train_data=train_data,
         rewards=rewards,
@@ -124,6 +128,12 @@ def _build(cfg: DictConfig, registry: Registry, kind: str, default: str | None =
     if spec is None:
         raise ConfigError(f"{kind}: this pipeline needs a {kind} ({KINDS[kind].summary})")
     return registry.build(kind, spec, kind)
+
+
+def _task_source(spec: Any) -> str:
+    """``task 'name'``, with the data path when the task reads one."""
+    name, params = split_spec(spec, "task")
+    return f"task '{name}'" + (f" ({params['path']})" if "path" in params else "")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from rlloom import forward as fwd
 from rlloom import reference_logps
 from rlloom.batch import PreferenceBatch
-from rlloom.data import StepIndex, check_preference_rows, preference_batch, stacked_pairs
+from rlloom.data import TARGETS, StepIndex, check_preference_rows, fit_positions, preference_batch, row_lengths, stacked_pairs
 from rlloom.evaluation import GreedyEvaluation, chunks
 from rlloom.kinds import AggregationScope
 from rlloom.ops import global_sum
@@ -32,12 +32,15 @@ class PreferenceMode(OfflineMode):
         self.p, self.rt = pipeline, rt
         t = rt.cfg.trainer
         self.index = StepIndex(len(pipeline.train_data), t.batch_size, rt.cfg.seed, rt.rank, rt.world)
-        self.evaluation = GreedyEvaluation(pipeline.task, pipeline.rewards, t.eval_max_new_tokens)
+        self.evaluation = GreedyEvaluation(pipeline, t.eval_max_new_tokens)
         self.pairs = {"train": pipeline.train_data}
         if t.eval_every > 0 and t.eval_size > 0:
             test = pipeline.task.load("test")
             check_preference_rows(test, "task (test split)")
-            self.pairs["test"] = test.select(range(min(t.eval_size, len(test))))
+            test = test.select(range(min(t.eval_size, len(test))))
+            lengths = row_lengths(test, rt.tokenizer, TARGETS["preference"])
+            self.pairs["test"], _ = fit_positions(test, lengths, rt.max_positions, pipeline.too_long,
+                                                  f"{pipeline.source} (test split)")
         self.ref = {} if pipeline.reference_free else self._reference_pass()
 
     def _reference_pass(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

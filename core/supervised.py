@@ -21,7 +21,7 @@ class SupervisedMode(OfflineMode):
         self.p, self.rt = pipeline, rt
         t = rt.cfg.trainer
         self.index = StepIndex(len(pipeline.train_data), t.batch_size, rt.cfg.seed, rt.rank, rt.world)
-        self.evaluation = GreedyEvaluation(pipeline.task, pipeline.rewards, t.eval_max_new_tokens)
+        self.evaluation = GreedyEvaluation(pipeline, t.eval_max_new_tokens)
 
     def step(self, step: int) -> dict[str, float]:
         batch = sft_batch(self.p.train_data, self.index.rows(step), self.rt.tokenizer, self.rt.max_positions)

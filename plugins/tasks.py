@@ -15,6 +15,7 @@ Every other column travels with each row to the reward functions.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import random
 from pathlib import Path
@@ -158,6 +159,37 @@ def _builder(path: str) -> str | None:
     return _BUILDERS.get(suffixes[-1]) if suffixes else None
 
 
+def _check_text(path: Path, builder: str) -> None:
+    """``DataError`` naming the first line of an uncompressed JSON Lines / JSON / CSV file that
+    is not UTF-8 text, or not JSON (each line of JSON Lines; a ``.json`` file that is one
+    document, as a whole). The loader would read such a line as garbage or fail without
+    saying where."""
+    if builder == "parquet" or path.suffix.lower() in _COMPRESSION:
+        return
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, 1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            raise DataError(f"dataset '{path}', line {number}: {problem}") from None
+    if builder != "json":
+        return
+    if data.lstrip()[:1] == b"[":
+        try:
+            json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"dataset '{path}', line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return
+    for number, raw in enumerate(lines, 1):
+        try:
+            if raw.strip():
+                json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"dataset '{path}', line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
@@ -221,6 +253,7 @@ class DatasetTask:
                     )
                 if local.stat().st_size == 0:
                     raise DataError(f"dataset '{self.path}' is empty (the file has no rows)")
+                _check_text(local, builder)
                 loaded = datasets.load_dataset(builder, data_files=str(local))
             elif local.is_dir() and _is_saved_dataset(local):
                 loaded = datasets.load_from_disk(str(local))
