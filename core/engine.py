@@ -10,7 +10,6 @@ EVALUATE run in the runtime's precision (``trainer.precision``).
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import torch
@@ -24,12 +23,12 @@ from rlloom.files import check_output_dir, writing
 from rlloom.online import OnlineMode
 from rlloom.pipeline import Pipeline, build_pipeline
 from rlloom.preference import PreferenceMode
-from rlloom.progress import Progress, phase_name
+from rlloom.progress import Progress, notice, phase_name
 from rlloom.registry import Registry, get_plugin_manager, get_registry
 from rlloom.runtime import Runtime, TrainingMode, build_runtime
 from rlloom.settings import as_plain, load_settings
 from rlloom.supervised import SupervisedMode
-from rlloom.tracking import Tracker, run_tags
+from rlloom.tracking import Tracker, check_store, run_tags
 from rlloom.models import save_policy
 from rlloom.warm_start import FINAL_MODEL, prepare_warm_start
 
@@ -63,9 +62,10 @@ class Trainer:
         main = rt.accelerator.is_main_process
         set_step_seed(cfg.seed, -1, rt.rank)
         start_step, run_id = checkpoint.restore(rt, mode) if cfg.resume else (0, None)
-        tracker = Tracker(tr.uri, tr.experiment, main)
-        run_id = tracker.start(tr.run_name or Path(cfg.output_dir).name, run_id, tr.parent_run_id)
-        if start_step == 0:
+        tracker = Tracker(tr.uri, tr.experiment, main, tr.flush_timeout)
+        resumed_from = checkpoint.checkpoint_dir(cfg.output_dir, start_step) if start_step else None
+        run_id = tracker.start(tr.run_name or Path(cfg.output_dir).name, run_id, tr.parent_run_id, resumed_from)
+        if not tracker.resumed:
             tags = run_tags(cfg, self.pipeline.mode, [r.name for r in self.pipeline.rewards], self.registry)
             tracker.log_config(as_plain(cfg), {**tags, **{str(k): str(v) for k, v in tr.tags.items()}})
         hooks.rlloom_run_start(config=cfg, run_id=run_id)
@@ -97,7 +97,7 @@ class Trainer:
                 if main and logs_completions(t, done):
                     table = mode.completion_table(t.log_completions)
                     if table is not None:
-                        tracker.log_table(table, f"completions/step_{done:06d}.json")
+                        tracker.log_table(table, f"completions/step_{done:06d}.json", done)
                 # CHECKPOINT
                 if (t.checkpoint_every and done % t.checkpoint_every == 0) or done == t.max_steps:
                     checkpoint.save(rt, mode, done, run_id)
@@ -138,8 +138,8 @@ def fit_train_data(pipeline: Pipeline, rt: Runtime) -> int:
     where = f"{pipeline.source} (train split)"
     pipeline.train_data, skipped = fit_positions(data, lengths, rt.max_positions, pipeline.too_long, where)
     if skipped and rt.accelerator.is_main_process:
-        print(f"rlloom: {where}: skipped {skipped} of {len(data)} rows longer than the model's "
-              f"{rt.max_positions} positions (task.too_long=skip)", file=sys.stderr)
+        notice(f"{where}: skipped {skipped} of {len(data)} rows longer than the model's "
+               f"{rt.max_positions} positions (task.too_long=skip)")
     return skipped
 
 
@@ -152,11 +152,13 @@ def set_step_seed(seed: int, step: int, rank: int) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """``rlloom train``: the config validated whole and ``output_dir`` checked, the warm start
-    first when one is configured, then the run itself; the process group (under ``accelerate
-    launch``) is closed at the end."""
+    """``rlloom train``: the config validated whole, ``output_dir`` checked and the tracking
+    store reached, the warm start first when one is configured, then the run itself; the
+    process group (under ``accelerate launch``) is closed at the end."""
     validate_config(cfg, get_registry(disabled_plugins(cfg)))
-    check_output_dir(load_settings(cfg).output_dir)
+    settings = load_settings(cfg)
+    check_output_dir(settings.output_dir)
+    check_store(settings.tracking.uri, settings.tracking.experiment)
     trainer = Trainer(prepare_warm_start(cfg))
     try:
         return trainer.train()

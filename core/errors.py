@@ -84,3 +84,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, RlloomError):
         return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class TrackingError(RlloomError):
+    """The tracking store cannot be reached, or the run cannot be started in it."""

@@ -91,6 +91,7 @@ class TrackingSettings:
     run_name: Optional[str] = None
     parent_run_id: Optional[str] = None  # nest this run under another (``rlloom compare``)
     tags: dict = field(default_factory=dict)  # extra run tags
+    flush_timeout: float = at_least(60.0, 0)  # seconds the end of a run waits for an unreachable store
 
 
 @dataclass
