@@ -9,30 +9,20 @@ import time
 import mlflow
 import pytest
 
-from rlloom.config import PRESET_DIR
+from conftest import TINY
+from faults import GRPO
 
-TINY = [
-    "warm_start.config=null",
-    "model.embedded.hidden_size=32",
-    "model.embedded.num_layers=1",
-    "model.embedded.num_heads=2",
-    "model.embedded.intermediate_size=64",
-    "task.num_train=64",
-    "task.num_test=16",
-    "task.max_value=9",
-    "trainer.prompts_per_step=4",
-    "trainer.micro_batch_size=8",
-    "trainer.eval_size=8",
+RESUMABLE = [
+    *TINY,
     "trainer.eval_every=3",
     "trainer.checkpoint_every=4",
 ]
-GRPO = str(PRESET_DIR / "grpo.yaml")
 STEPS = 12
 
 
 def train(tmp_path, uri: str, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "rlloom.cli", "train", GRPO, *TINY, f"trainer.max_steps={STEPS}",
+        [sys.executable, "-m", "rlloom.cli", "train", GRPO, *RESUMABLE, f"trainer.max_steps={STEPS}",
          f"output_dir={tmp_path / 'run'}", f"tracking.uri={uri}", *overrides],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -95,7 +85,7 @@ def test_resuming_into_a_store_without_the_run_starts_a_tagged_new_run(tmp_path)
     assert proc.returncode == 0, err[-3000:]
     checkpoint = tmp_path / "run" / "checkpoints" / "step_0000004"
     lines = [line for line in err.splitlines() if line.startswith("rlloom:")]
-    assert lines == [f"rlloom: run {old_id} is not in the tracking store {new_uri}; resuming from {checkpoint} "
+    assert lines == [f"rlloom: resume: from {checkpoint}", f"rlloom: run {old_id} is not in the tracking store {new_uri}; resuming from {checkpoint} "
                      f"into a new run, tagged resumed_from.run_id and resumed_from.checkpoint"]
     client, (run,) = runs(new_uri)
     assert run.info.status == "FINISHED" and run.info.run_id != old_id

@@ -13,22 +13,9 @@ import mlflow
 import pytest
 
 from rlloom.cli import main
-from rlloom.config import PRESET_DIR
+from conftest import TINY
+from faults import GRPO
 
-TINY = [
-    "warm_start.config=null",
-    "model.embedded.hidden_size=32",
-    "model.embedded.num_layers=1",
-    "model.embedded.num_heads=2",
-    "model.embedded.intermediate_size=64",
-    "task.num_train=64",
-    "task.num_test=16",
-    "task.max_value=9",
-    "trainer.prompts_per_step=4",
-    "trainer.micro_batch_size=8",
-    "trainer.eval_size=8",
-]
-GRPO = str(PRESET_DIR / "grpo.yaml")
 
 
 def free_port() -> int:
@@ -104,7 +91,7 @@ def test_a_closed_port_fails_within_seconds_in_one_line(tmp_path, monkeypatch, c
     assert err == [f"rlloom: error: tracking.uri http://127.0.0.1:{port}: the tracking store cannot be reached "
                    f"(connection refused); start it, or set tracking.uri to a reachable store (e.g. sqlite:///mlflow.db)"]
     assert elapsed < 30
-    assert not (tmp_path / "run").exists()  # checked before the warm start: nothing trained
+    assert not (tmp_path / "run" / "warm_start").exists()  # checked before the warm start: nothing trained
 
 
 def train_process(tmp_path, uri: str, *overrides: str) -> subprocess.Popen:
