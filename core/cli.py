@@ -135,7 +135,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rlloom.compare import Comparison
 
-    return Comparison(args.config, args.vary, args.overrides, args.steps, args.seeds, args.parallel).run()
+    return Comparison(
+        args.config, args.vary, args.overrides, args.steps, args.seeds, args.parallel, args.variant
+    ).run()
 
 
 CONFIG_HELP = "a preset name (grpo; see `rlloom presets`) or the path of a YAML config"
@@ -178,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides for every variant")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", help="values of one key (repeatable)")
-    p.add_argument("--steps", type=int, help="trainer.max_steps of every variant")
+    p.add_argument(
+        "--variant", action="append", default=[], metavar="'NAME: K=V K=V'",
+        help="a named set of values that go together (repeatable; crossed with --vary)",
+    )
+    p.add_argument("--steps", type=int, help="trainer.max_steps of every variant (a --variant may set its own)")
     p.add_argument("--seeds", type=int, help="run every variant with seeds 0..K-1")
     p.add_argument("--parallel", type=int, default=1, metavar="P", help="children run at once (default 1)")
     p.set_defaults(func=_cmd_compare)

@@ -1,7 +1,10 @@
 """``rlloom compare``: variants of one config as MLflow child runs under one parent run.
 
-``--vary KEY=V1,V2`` (repeatable) gives the values of one key; the children are the cross
-product of all variations (times seeds ``0..K-1`` with ``--seeds K``). Values are read like
+``--vary KEY=V1,V2`` (repeatable) gives the values of one key; ``--variant "NAME: K1=V K2=V"``
+(repeatable) is one named set of values that go together (a different algorithm: sampler,
+advantage and value loss at once, with its own step count). The children are the cross
+product of the named variants (when given) and all variations, times seeds ``0..K-1`` with
+``--seeds K``. Values are read like
 YAML scalars, exactly as ``key=value`` overrides are (``0.28`` a float, ``rloo`` a string,
 ``null`` None); a value that names another component replaces the whole component.
 
@@ -65,9 +68,9 @@ LOG_NAME = "compare.log"
 
 
 # ---------------------------------------------------------------------- variants
-def split_values(text: str) -> list[str]:
-    """``"a,[1,2],'x,y'"`` → ``["a", "[1,2]", "'x,y'"]``: commas inside brackets or quotes
-    do not split."""
+def _split_outside(text: str, is_separator) -> list[str]:
+    """``text`` cut at the characters ``is_separator`` accepts, except inside brackets or
+    quotes; the parts stripped."""
     parts, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(text):
         if quote:
@@ -78,11 +81,17 @@ def split_values(text: str) -> list[str]:
             depth += 1
         elif ch in "]}":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif depth == 0 and is_separator(ch):
             parts.append(text[start:i].strip())
             start = i + 1
     parts.append(text[start:].strip())
     return parts
+
+
+def split_values(text: str) -> list[str]:
+    """``"a,[1,2],'x,y'"`` → ``["a", "[1,2]", "'x,y'"]``: commas inside brackets or quotes
+    do not split."""
+    return _split_outside(text, lambda ch: ch == ",")
 
 
 def parse_value(text: str) -> Any:
@@ -121,37 +130,76 @@ def sanitise(name: str) -> str:
     return re.sub(r"[^\w.,=+-]", "_", name)
 
 
+def parse_variant(spec: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """``"NAME: K1=V1 K2=V2"`` → (NAME, ((K1, V1), (K2, V2))): a named set of values that go
+    together. Values are separated by whitespace outside brackets and quotes, so flow maps
+    (``sampler={name: generate, max_new_tokens: 10}``) need no quoting inside the spec."""
+    name, sep, rest = spec.partition(":")
+    name = name.strip()
+    if not sep or not name or not re.fullmatch(r"[\w.+-]+", name):
+        raise ConfigError(f"--variant {spec!r}: expected 'NAME: KEY=VALUE [KEY=VALUE ...]' (NAME: letters, digits, ._+-)")
+    pairs: list[tuple[str, str]] = []
+    for item in (p for p in _split_outside(rest, str.isspace) if p):
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip() or not text.strip():
+            raise ConfigError(f"--variant {name}: {item!r} is not KEY=VALUE")
+        if key in dict(pairs):
+            raise ConfigError(f"--variant {name}: key {key!r} is set twice")
+        parse_value(text)  # unreadable values are named here, before anything runs
+        pairs.append((key.strip(), text.strip()))
+    if not pairs:
+        raise ConfigError(f"--variant {name}: no KEY=VALUE given")
+    return name, tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Child:
-    """One child run: the values it sets (key, value text) and its seed (None: the config's).
-    The seed is part of its name and tags when the comparison runs several seeds."""
+    """One child run: the values it sets (key, value text), its seed (None: the config's),
+    and the named variant it belongs to (``label``, with the values ``bundle`` it sets
+    first; None without ``--variant``). The seed is part of its name and tags when the
+    comparison runs several seeds."""
 
     assignments: tuple[tuple[str, str], ...]
     seed: int | None = None
     seed_varies: bool = False
+    label: str | None = None
+    bundle: tuple[tuple[str, str], ...] = ()
 
     @property
     def variant(self) -> str:
         """The name without the seed: what the summary groups seeds by."""
-        return ",".join(f"{k}={format_value(parse_value(t))}" for k, t in self.assignments) or "base"
+        parts = [self.label] if self.label else []
+        parts += [f"{k}={format_value(parse_value(t))}" for k, t in self.assignments]
+        return ",".join(parts) or "base"
 
     @property
     def name(self) -> str:
         if not self.seed_varies:
             return self.variant
-        prefix = self.variant + "," if self.assignments else ""
+        prefix = self.variant + "," if self.assignments or self.label else ""
         return f"{prefix}seed={self.seed}"
 
+    @property
+    def values(self) -> tuple[tuple[str, str], ...]:
+        """Every (key, value text) the child sets: its named variant's, then its ``--vary`` ones."""
+        return (*self.bundle, *self.assignments)
+
     def tags(self, parent_run_id: str) -> dict[str, str]:
-        tags = {f"vary.{k}": format_value(parse_value(t)) for k, t in self.assignments}
+        tags = {"vary.variant": self.label} if self.label else {}
+        tags.update({f"vary.{k}": format_value(parse_value(t)) for k, t in self.assignments})
         if self.seed_varies:
             tags["vary.seed"] = str(self.seed)
         tags["compare.parent"] = parent_run_id
         return tags
 
 
-def expand(varies: Iterable[str], seeds: int | None = None) -> list[Child]:
-    """The cross product of the ``--vary`` specs (first key slowest), times seeds 0..K-1."""
+def expand(varies: Iterable[str], seeds: int | None = None, variants: Iterable[str] = ()) -> list[Child]:
+    """The cross product of the named ``--variant`` specs (slowest) and the ``--vary`` specs
+    (first key slowest), times seeds 0..K-1."""
+    named = [parse_variant(spec) for spec in variants]
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--variant: a name is given twice ({', '.join(names)})")
     axes: list[list[tuple[str, str]]] = []
     keys: set[str] = set()
     for spec in varies:
@@ -160,17 +208,23 @@ def expand(varies: Iterable[str], seeds: int | None = None) -> list[Child]:
             raise ConfigError(f"--vary: key {key!r} is varied twice; give all its values in one --vary")
         if key == "seed" and seeds is not None:
             raise ConfigError("--vary seed=... and --seeds both set the seed; use one")
+        clash = [n for n, pairs in named if key in dict(pairs)]
+        if clash:
+            raise ConfigError(f"--vary {key}: the key is also set by --variant {clash[0]}; set it in one place")
         keys.add(key)
         axes.append([(key, t) for t in texts])
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    if not axes and not (seeds and seeds > 1):
-        raise ConfigError("compare: nothing varies; give --vary KEY=V1,V2 or --seeds K with K > 1")
+    if not axes and not named and not (seeds and seeds > 1):
+        raise ConfigError("compare: nothing varies; give --vary KEY=V1,V2, --variant 'NAME: KEY=V ...' or --seeds K with K > 1")
     combos: list[tuple[tuple[str, str], ...]] = [()]
     for axis in axes:
         combos = [(*c, a) for c in combos for a in axis]
     seed_list: list[int | None] = list(range(seeds)) if seeds else [None]
-    children = [Child(c, s, len(seed_list) > 1) for c in combos for s in seed_list]
+    labelled = named or [(None, ())]
+    children = [
+        Child(c, s, len(seed_list) > 1, label, bundle) for label, bundle in labelled for c in combos for s in seed_list
+    ]
     dirs = [sanitise(c.name) for c in children]
     if len(set(dirs)) != len(dirs):
         raise ConfigError("--vary: two children get the same directory name; use values that differ in letters or digits")
@@ -225,6 +279,7 @@ class Comparison:
         steps: int | None = None,
         seeds: int | None = None,
         parallel: int = 1,
+        variants: list[str] = (),
         console=None,
     ):
         from rich.console import Console
@@ -242,15 +297,17 @@ class Comparison:
         # shared by every child (and logged on the parent): the overrides, then --steps
         self.overrides = [*overrides, *([f"trainer.max_steps={steps}"] if steps is not None else [])]
         self.parallel = parallel
-        self.children = expand(varies, seeds)
+        self.children = expand(varies, seeds, variants)
         self.base = load_config(self.config, self.overrides)
         validate_config(self.base)
         self.settings = load_settings(self.base)
         self.uri = resolve_uri(self.settings.tracking.uri)
         self.experiment = self.settings.tracking.experiment
         self.root = Path(self.settings.output_dir) / "compare"
-        self.varied = [k for k, _ in self.children[0].assignments]
-        self.shared_warm_start = not any(k.startswith(SHARED_WARM_START_BLOCKERS) for k in self.varied)
+        # what varies, as named in tags and the description: "variant" for named variants
+        self.varied = ["variant"] * bool(variants) + [k for k, _ in self.children[0].assignments]
+        set_keys = {k for child in self.children for k, _ in child.values}
+        self.shared_warm_start = not any(k.startswith(SHARED_WARM_START_BLOCKERS) for k in set_keys)
         self.console = console or Console()
         self.model_path: str | None = None
         self.parent_run_id: str | None = None
@@ -269,8 +326,8 @@ class Comparison:
         from rlloom.registry import get_registry
         from rlloom.settings import load_settings
 
-        variants = {c.assignments: c for c in self.children}.values()
-        reasons: dict[str, list[str]] = {k: [] for k in self.varied}
+        variants = {c.variant: c for c in self.children}.values()
+        reasons: dict[str, list[str]] = {k: [] for k, _ in self.children[0].assignments}
         for child in variants:
             try:
                 cfg = load_config(self.config, self.child_overrides(child))
@@ -298,7 +355,7 @@ class Comparison:
         out = list(self.overrides)
         if child.seed is not None:
             out.append(f"seed={child.seed}")
-        out += [f"{k}={t}" for k, t in child.assignments]
+        out += [f"{k}={t}" for k, t in child.values]
         out += [  # JSON-quoted: YAML reads them back as the exact strings
             f"output_dir={json.dumps(str(self.child_dir(child)))}",
             f"tracking.uri={json.dumps(self.uri)}",
@@ -500,9 +557,10 @@ class Comparison:
     def _description(self, rows: list[dict[str, Any]], summary: str) -> str:
         """The parent run's description (Markdown): what varied, the winner, the table."""
         what = ", ".join(self.varied) or "seed"
-        steps = self.settings.trainer.max_steps
+        own = {dict(c.values).get("trainer.max_steps") for c in self.children}
+        steps = f"{self.settings.trainer.max_steps} steps" if own == {None} else "the steps each variant sets"
         lines = [
-            f"`rlloom compare` of {self.config.name}: {what}; {len(self.children)} runs of {steps} steps "
+            f"`rlloom compare` of {self.config.name}: {what}; {len(self.children)} runs of {steps} "
             f"([the variants as charts]({self.view_url()})).", "",
         ]
         best = winners(rows, "eval/accuracy")

@@ -152,18 +152,20 @@ def test_cli_takes_overrides_after_options(monkeypatch):
     seen = {}
 
     class FakeComparison:
-        def __init__(self, config, varies, overrides, steps, seeds, parallel):
-            seen.update(config=config, varies=varies, overrides=overrides, steps=steps, seeds=seeds, parallel=parallel)
+        def __init__(self, config, varies, overrides, steps, seeds, parallel, variants):
+            seen.update(config=config, varies=varies, overrides=overrides, steps=steps, seeds=seeds, parallel=parallel,
+                        variants=variants)
 
         def run(self):
             return 1
 
     monkeypatch.setattr("rlloom.compare.Comparison", FakeComparison)
     code = main(["compare", GRPO, "seed=3", "--vary", "advantage=rloo,grpo", "trainer.lr=0.1", "--steps", "5",
-                 "--vary", "kl=k1,k3", "--parallel", "2"])
+                 "--vary", "kl=k1,k3", "--parallel", "2", "--variant", "big: trainer.prompts_per_step=64"])
     assert code == 1
     assert seen == {"config": GRPO, "varies": ["advantage=rloo,grpo", "kl=k1,k3"],
-                    "overrides": ["seed=3", "trainer.lr=0.1"], "steps": 5, "seeds": None, "parallel": 2}
+                    "overrides": ["seed=3", "trainer.lr=0.1"], "steps": 5, "seeds": None, "parallel": 2,
+                    "variants": ["big: trainer.prompts_per_step=64"]}
 
 
 def test_a_bad_value_in_any_variant_fails_before_anything_runs(tmp_path, monkeypatch, capsys):
