@@ -1,6 +1,6 @@
 """rlloom's GRPO step against TRL's ``GRPOTrainer`` on identical work, interleaved.
 
-    python benchmarks/grpo_vs_trl.py                 # W1, W1+KL, W2; fp32 and each one's defaults
+    python benchmarks/grpo_vs_trl.py                 # W1, W1+KL, W2; fp32, bf16 and each one's defaults
     python benchmarks/grpo_vs_trl.py --workloads W1 --rounds 2 --steps 3
     python benchmarks/grpo_vs_trl.py --tiny          # a seconds-long smoke run
 
@@ -22,11 +22,14 @@ checkpoint). A step is sampling + rewards + update
 end of one step to the end of the next, its metric logging included).
 
 Configurations: ``fp32`` (rlloom ``trainer.precision=fp32``; TRL ``bf16=False``,
-``gradient_checkpointing=False``: the same computation) and ``defaults`` (rlloom
-``trainer.precision=auto``; TRL's ``GRPOConfig`` defaults: ``bf16=True``,
-``gradient_checkpointing=True``).
+``gradient_checkpointing=False``: the same computation), ``bf16`` (rlloom
+``trainer.precision=bf16``; TRL ``bf16=True``, ``gradient_checkpointing=False``: bfloat16
+autocast in both, the same computation) and ``defaults`` (rlloom ``trainer.precision=auto``;
+TRL's ``GRPOConfig`` defaults: ``bf16=True``, ``gradient_checkpointing=True``).
 
-Printed: median s/step of each, the ratio rlloom / TRL, rlloom's sample / update split,
+Printed: median s/step of each, the ratio rlloom / TRL, rlloom's sample / update split, the
+floor (rlloom's update alone / TRL's step: the ratio rlloom would reach if sampling cost
+nothing, so a target below it needs a cheaper update, not faster sampling),
 rlloom's achieved update GFLOP/s (6·N·tokens for forward + backward, + 2·N·tokens for the
 reference forward) against a measured matmul rate at that precision, and each process's
 peak resident memory. Without TRL installed (``pip install -e ".[bench]"``) only rlloom runs.
@@ -138,7 +141,15 @@ def matmul_gflops(bf16: bool, size: int = 1024, repeats: int = 10) -> float:
 
 
 # ---------------------------------------------------------------------------- one process's run
-def run_rlloom(work: Workload, directory: Path, defaults: bool, steps: int) -> dict:
+PRECISION = {"fp32": "fp32", "bf16": "bf16", "defaults": "auto"}  # rlloom's trainer.precision per configuration
+TRL_MATCHED = {  # TRL's settings per configuration (none: its defaults)
+    "fp32": {"bf16": False, "gradient_checkpointing": False},
+    "bf16": {"bf16": True, "gradient_checkpointing": False},
+    "defaults": {},
+}
+
+
+def run_rlloom(work: Workload, directory: Path, config: str, steps: int) -> dict:
     from omegaconf import OmegaConf
 
     from rlloom.engine import Trainer
@@ -158,7 +169,7 @@ def run_rlloom(work: Workload, directory: Path, defaults: bool, steps: int) -> d
         "ref_policy": "frozen" if kl else None,
         "trainer": {
             "max_steps": steps + 1, "prompts_per_step": work.prompts, "micro_batch_size": work.rows,
-            "lr": 1e-6, "eval_every": 0, "precision": "auto" if defaults else "fp32",
+            "lr": 1e-6, "eval_every": 0, "precision": PRECISION[config],
         },
         "tracking": {"uri": f"sqlite:///{directory / 'mlflow.db'}"},
     })
@@ -195,7 +206,7 @@ class StepTimer:
         self.last = now
 
 
-def run_trl(work: Workload, directory: Path, defaults: bool, steps: int) -> dict:
+def run_trl(work: Workload, directory: Path, config: str, steps: int) -> dict:
     import datasets
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -210,7 +221,7 @@ def run_trl(work: Workload, directory: Path, defaults: bool, steps: int) -> dict
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self.start)
 
-    matched = {} if defaults else {"bf16": False, "gradient_checkpointing": False}
+    matched = TRL_MATCHED[config]
     args = GRPOConfig(
         output_dir=str(directory / "trl-run"), use_cpu=True, seed=0, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, max_steps=steps + 1, learning_rate=1e-6,
@@ -235,7 +246,7 @@ def worker(argv: list[str]) -> None:
     sys.path.insert(0, str(HERE.parent))
     work = (TINY if tiny else WORKLOADS)[name]
     run = run_rlloom if framework == "rlloom" else run_trl
-    result = run(work, directory, config == "defaults", steps)
+    result = run(work, directory, config, steps)
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -258,7 +269,7 @@ def main() -> None:
         return worker(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--configs", nargs="+", default=["fp32", "defaults"], choices=["fp32", "defaults"])
+    parser.add_argument("--configs", nargs="+", default=["fp32", "bf16", "defaults"], choices=list(PRECISION))
     parser.add_argument("--rounds", type=int, default=3, help="rlloom, TRL pairs per workload and configuration")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process (after one warm-up step)")
     parser.add_argument(
@@ -280,7 +291,10 @@ def main() -> None:
     rate = {bf16: matmul_gflops(bf16) for bf16 in (False, True)}
     threads = args.threads or "torch's default"
     print(f"matmul {rate[False]:.0f} GFLOP/s fp32, {rate[True]:.0f} GFLOP/s bf16 (1024³, median of 10); threads per process: {threads}")
-    header = "| workload | config | rlloom s/step | TRL s/step | rlloom / TRL | rlloom sample / update s | update GFLOP/s (% of matmul) | peak MiB rlloom / TRL |"
+    header = (
+        "| workload | config | rlloom s/step | TRL s/step | rlloom / TRL | floor | rlloom sample / update s "
+        "| update GFLOP/s (% of matmul) | peak MiB rlloom / TRL |"
+    )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, work in workloads.items():
@@ -293,7 +307,7 @@ def main() -> None:
                 for _ in range(rounds):
                     for framework in ("rlloom", "trl") if has_trl else ("rlloom",):
                         results[framework].append(spawn(framework, name, config, steps, directory, args.tiny, args.threads))
-                rows.append(table_row(name, config, work, params, results, rate[config == "defaults"]))
+                rows.append(table_row(name, config, work, params, results, rate[config != "fp32"]))
                 print(rows[-1], flush=True)
     print("\n".join(["", *rows]))
 
@@ -315,10 +329,10 @@ def table_row(name: str, config: str, work: Workload, params: int, results: dict
         if tokens != their_tokens:
             raise SystemExit(f"{name} ({config}): token counts differ: rlloom {sorted(tokens)}, TRL {sorted(their_tokens)}")
         trl_step = _median(theirs, "times")
-        trl_cols = f"{trl_step:.3f} | {step / trl_step:.2f}"
+        trl_cols = f"{trl_step:.3f} | {step / trl_step:.2f} | {update / trl_step:.2f}"
         trl_peak = f"{max(r['peak_mib'] for r in theirs):.0f}"
     else:
-        trl_cols, trl_peak = "— | —", "—"
+        trl_cols, trl_peak = "— | — | —", "—"
     achieved = flops / update / 1e9
     return (
         f"| {name} | {config} | {step:.3f} | {trl_cols} | {sample:.3f} / {update:.3f} | "

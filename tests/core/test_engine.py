@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from rlloom import hookimpl
 from rlloom.cli import main
 from rlloom.config import PRESET_DIR, load_config
-from rlloom.engine import Trainer, run
+from rlloom.engine import Trainer, run, set_step_seed
 from rlloom.errors import DataError, RewardError, TrainingError
 from rlloom.registry import get_plugin_manager, make_plugin_manager
 
@@ -229,10 +229,14 @@ def test_the_trpo_preset_bounds_the_exact_kl_over_the_vocabulary(tiny):
     from rlloom.forward import forward_rollout
 
     cfg = load_config(PRESET_DIR / "trpo.yaml", [*tiny, "sampler.num_generations=4", "sampler.max_new_tokens=3",
-                                                 "trainer.eval_every=0", "update.max_kl=0.05"])
+                                                 "trainer.eval_every=0", "update.max_kl=0.05",
+                                                 # an untrained model's answers are all wrong; this reward varies
+                                                 "reward=[{name: format, pattern: '[0-9]*'}]"])
     trainer = Trainer(cfg)
     before = copy.deepcopy(trainer.runtime.policy)
+    set_step_seed(cfg.seed, 0, 0)  # as the engine does before each step: the same draws every run
     metrics = trainer.mode.step(0)
+    assert metrics["adv/std"] > 0  # some group's rewards differ, so the step has a direction
     batch = trainer.mode.last_batch
     with torch.no_grad():
         old = forward_rollout(before, batch, 1.0, want_logits=True).logits.log_softmax(-1)
