@@ -3,13 +3,15 @@
 Errors caused by input print one message to stderr and exit with status 2; any other failure
 prints one line and exits with status 1 (``--traceback`` or ``RLLOOM_DEBUG=1`` adds the full
 traceback). SIGTERM ends a run as Ctrl-C does: the MLflow run is KILLED, the last checkpoint
-stays, exit status 143.
+stays, exit status 143. When the reader of the output goes away (``rlloom list | head -1``) the
+command stops quietly with status 1, as Python itself and rich do on a closed pipe.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import select
 import shutil
 import signal
 import sys
@@ -206,6 +208,29 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError is then stdout's,
+    not, say, a socket's). Where poll() is missing, any BrokenPipeError counts as stdout's."""
+    if not hasattr(select, "poll"):
+        return True
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a file (stdout replaced in-process)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _quiet_exit_on_closed_stdout() -> int:
+    """Stdout's reader has gone: send what is still buffered to devnull, so that nothing fails
+    again when Python flushes stdout on exit; status 1."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -219,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     show_traceback = args.traceback or os.environ.get("RLLOOM_DEBUG") == "1"
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not while Python exits
+        return code
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            return _quiet_exit_on_closed_stdout()
+        return _report(exc, show_traceback)
     except Terminated:
         print("rlloom: terminated (SIGTERM); the last checkpoint is kept, resume=true continues from it", file=sys.stderr)
         return 128 + signal.SIGTERM
@@ -227,14 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         print("rlloom: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if show_traceback:
-            traceback.print_exc()
-        if isinstance(exc, RlloomError):
-            print(f"rlloom: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        hint = "" if show_traceback else " (--traceback shows where)"
-        print(f"rlloom: error: {one_line(exc)}{hint}", file=sys.stderr)
-        return 1
+        return _report(exc, show_traceback)
+
+
+def _report(exc: Exception, show_traceback: bool) -> int:
+    """One ``rlloom: error:`` line on stderr (after the traceback when asked for); the exit status."""
+    if show_traceback:
+        traceback.print_exc()
+    if isinstance(exc, RlloomError):
+        print(f"rlloom: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    hint = "" if show_traceback else " (--traceback shows where)"
+    print(f"rlloom: error: {one_line(exc)}{hint}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

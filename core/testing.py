@@ -1,10 +1,19 @@
 """Helpers for testing components: the contract check of a kind, a RolloutBatch from just
-the fields a component reads, a plugin manager holding a plugin that is not installed, and the
-overrides that turn any preset into a seconds-long CPU run."""
+the fields a component reads, a plugin manager holding a plugin that is not installed, the
+overrides that turn any preset into a seconds-long CPU run, and a real ``mlflow server`` on
+loopback."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -87,3 +96,77 @@ def tiny_run(directory: str | Path) -> list[str]:
     """``TINY`` writing its outputs and its MLflow store into ``directory``."""
     directory = Path(directory)
     return [*TINY, f"output_dir={directory / 'run'}", f"tracking.uri=sqlite:///{directory / 'mlflow.db'}"]
+
+
+SERVER_START_S = 120
+"""How long ``mlflow_server`` waits for a new server to answer."""
+
+
+@contextlib.contextmanager
+def mlflow_server(store_dir: str | Path, log: str | Path | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port; yields its URI once ``/health`` answers
+    and stops it (and its workers) on exit.
+
+    Its store is ``store_dir/mlflow.db`` (SQLite, made when missing), the artifacts it proxies go
+    to ``store_dir/artifacts``, and its output to ``log`` (default ``store_dir/server.log``).
+    When it does not answer within ``SERVER_START_S`` seconds it is stopped and ``RuntimeError``
+    names its URI, its log and the log's last lines.
+
+    ``with mlflow_server(tmp_path) as uri: main(["train", preset, *TINY, f"tracking.uri={uri}"])``.
+    """
+    store_dir = Path(store_dir)
+    log = Path(log) if log else store_dir / "server.log"
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = _start_server(store_dir, port, out)
+        try:
+            if not _wait_until_healthy(uri, proc):
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"mlflow server did not answer on {uri}/health; its log ({log}) ends:\n{tail}")
+            yield uri
+        finally:
+            _stop(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(store_dir: Path, port: int, out: Any) -> subprocess.Popen:
+    """``python -m mlflow server`` on loopback ``port``, in its own process group (it forks workers)."""
+    # the server's background job runner is not needed here and slows its start a lot
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{store_dir / 'mlflow.db'}",
+         "--artifacts-destination", str(store_dir / "artifacts")],
+        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+
+
+def _wait_until_healthy(uri: str, proc: subprocess.Popen) -> bool:
+    """True once ``uri/health`` answers 200; False when the server exits or ``SERVER_START_S`` passes."""
+    deadline = time.monotonic() + SERVER_START_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL when it has not exited after 15 s."""
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -15,15 +15,10 @@ them is an error (exit 1). Needs ``chromium`` on PATH (Debian: ``apt-get install
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 WINDOW = (1600, 1000)
@@ -40,42 +35,6 @@ def short_compare(workdir: Path, steps: int, warm_steps: int) -> None:
            "trainer.prompts_per_step=16", f"trainer.eval_every={max(1, steps // 6)}", "trainer.eval_size=128",
            "output_dir=runs/views", "tracking.experiment=views", "tracking.run_name=views-compare"]
     subprocess.run(cmd, cwd=workdir, check=True, stdout=subprocess.DEVNULL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(store: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on the store's ``mlflow.db``; returns it and its URI once it answers."""
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no background job runner
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return proc, uri
-        except OSError:
-            time.sleep(0.3)
-    stop(proc)
-    raise SystemExit(f"mlflow server did not answer on {uri}; its log: {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def chromium(profile: Path, *args: str) -> str:
@@ -113,6 +72,7 @@ def main() -> int:
     from mlflow import MlflowClient
 
     from rlloom.compare import variants_url
+    from rlloom.testing import mlflow_server
     from rlloom.tracking import experiment_url
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -120,8 +80,7 @@ def main() -> int:
         store = args.store or scratch
         if args.store is None:
             short_compare(scratch, args.steps, args.warm_steps)
-        proc, uri = start_server(store, scratch / "server.log")
-        try:
+        with mlflow_server(store, scratch / "server.log") as uri:
             client = MlflowClient(uri)
             compares = [
                 r for e in client.search_experiments()
@@ -137,8 +96,6 @@ def main() -> int:
             shoot(experiment_url(uri, experiment_id), args.out / "mlflow-runs.png",
                   ["Runs", parent.info.run_name], scratch / "profile")
             shoot(variants_url(uri, experiment_id, pid), args.out / "mlflow-compare.png", children, scratch / "profile")
-        finally:
-            stop(proc)
     print(f"wrote {args.out / 'mlflow-runs.png'} and {args.out / 'mlflow-compare.png'}")
     return 0
 

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rlloom.cli import main
 from rlloom.config import PRESET_DIR
 
@@ -98,3 +100,23 @@ def test_help_is_plain_text_and_explains_config(capsys):
         assert "``" not in out
         if argv != ["--help"]:
             assert "a preset name" in out and "path of a YAML config" in out
+
+
+@pytest.mark.parametrize("command", [["presets"], ["list", "advantage"], ["list", "--json"]])
+def test_output_into_a_pipe_whose_reader_has_gone_ends_quietly(command):
+    """``rlloom presets | head -1`` and the like, with the reader gone before rlloom writes:
+    status 1 and nothing on stderr (no traceback, no error line)."""
+    proc = subprocess.Popen([sys.executable, "-m", "rlloom.cli", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # closed while rlloom still imports
+    stderr = proc.stderr.read()
+    assert (proc.wait(timeout=60), stderr) == (1, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capfd):
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("rlloom.cli._cmd_presets", broken)
+    assert main(["presets"]) == 1
+    assert capfd.readouterr().err == "rlloom: error: BrokenPipeError: [Errno 32] Broken pipe (--traceback shows where)\n"

@@ -2,21 +2,15 @@
 compare against a real ``mlflow server`` on loopback."""
 import io
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
+from rlloom import testing
 from rlloom.cli import main
 from rlloom.compare import (
     THROUGHPUT,
@@ -242,47 +236,11 @@ def test_summary_pools_seeds_and_marks_failures():
 
 
 # ---------------------------------------------------------------------- against a real server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on loopback (SQLite store, proxied artifacts); its URI."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    # the server's background job runner is not needed here and slows its start a lot
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer on {uri}/health:\n{(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+    with testing.mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
         yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_compare_records_children_failures_table_and_plots(mlflow_server, tmp_path):

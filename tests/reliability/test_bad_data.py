@@ -8,19 +8,9 @@ import pytest
 
 from rlloom.cli import main
 from rlloom.config import PRESET_DIR
+from rlloom.testing import TINY as SUITE_TINY
 
-TINY = [
-    "warm_start.config=null",
-    "model.embedded.hidden_size=32",
-    "model.embedded.num_layers=1",
-    "model.embedded.num_heads=2",
-    "model.embedded.intermediate_size=64",
-    "trainer.max_steps=2",
-    "trainer.prompts_per_step=4",
-    "trainer.batch_size=4",
-    "trainer.eval_every=2",
-    "trainer.eval_size=4",
-]
+TINY = [o for o in SUITE_TINY if not o.startswith("task.")]  # a dataset task takes none of its task.* keys
 POSITIONS = 64  # the embedded model's default
 
 
