@@ -6,12 +6,18 @@ row at a time, writing keys and values into a ``StaticCache`` sized P + ``max_ne
 the chosen token and its log-prob are taken from them and they are dropped, so no [B,T,V]
 tensor exists. Decoding stops when every row has emitted EOS or at the token budget.
 
+On CPU the one-token steps run eager attention (the prefill keeps the model's own): for one
+query row it is a [B,H,1,L] product, and it measured 10–14 % faster per decode than SDPA in
+float32 and 18–39 % faster under bfloat16 autocast (Qwen2, hidden 128–384, 64 rows, one
+thread). The model's implementation is restored afterwards.
+
 Sampling follows transformers ``generate`` step for step (temperature, then top-k, then
 top-p, then ``torch.multinomial`` on the softmax, every row drawing at every step), so the
 same seed draws the same tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -66,6 +72,21 @@ def _cache_argument(lm) -> str:
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
+@contextlib.contextmanager
+def step_attention(lm, device: torch.device):
+    """Eager attention inside the block where ``device`` is a CPU and ``lm`` can switch its
+    attention implementation; the implementation it had afterwards."""
+    before = getattr(lm.config, "_attn_implementation", None)
+    if device.type != "cpu" or before in (None, "eager") or not hasattr(lm, "set_attn_implementation"):
+        yield
+        return
+    lm.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation(before)
+
+
 @torch.no_grad()
 def decode(
     lm,
@@ -96,18 +117,19 @@ def decode(
     position = position[:, -1:]
     running = torch.ones(batch, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
-    for t in range(max_new_tokens):
-        chosen, logp = sampling.choose(out.logits[:, -1].float())
-        del out
-        chosen = torch.where(running, chosen, pad_token_id)
-        tokens.append(chosen)
-        logprobs.append(logp * running)
-        running = running & (chosen != eos_token_id)
-        if t == max_new_tokens - 1 or not running.any():
-            break
-        position = position + 1
-        out = lm(
-            input_ids=chosen[:, None], attention_mask=mask[:, : width + t + 1], position_ids=position,
-            use_cache=True, cache_position=torch.tensor([width + t], device=device), **{cache_kw: cache},
-        )
+    with step_attention(lm, device):
+        for t in range(max_new_tokens):
+            chosen, logp = sampling.choose(out.logits[:, -1].float())
+            del out
+            chosen = torch.where(running, chosen, pad_token_id)
+            tokens.append(chosen)
+            logprobs.append(logp * running)
+            running = running & (chosen != eos_token_id)
+            if t == max_new_tokens - 1 or not running.any():
+                break
+            position = position + 1
+            out = lm(
+                input_ids=chosen[:, None], attention_mask=mask[:, : width + t + 1], position_ids=position,
+                use_cache=True, cache_position=torch.tensor([width + t], device=device), **{cache_kw: cache},
+            )
     return Decoded(torch.stack(tokens, 1), torch.stack(logprobs, 1))

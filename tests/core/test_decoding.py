@@ -112,3 +112,21 @@ def test_sampler_memory_does_not_grow_with_vocabulary_length_and_batch():
     assert length == budget  # the untrained model rarely picks EOS among 50k tokens
     largest_weight = max(w.numel() for w in lm.parameters())
     assert seen.largest <= max(rows * vocab, largest_weight) < rows * length * vocab
+
+
+def test_cpu_token_steps_run_eager_attention_and_the_model_keeps_its_own():
+    from rlloom.decoding import step_attention
+
+    lm = _model()
+    lm.set_attn_implementation("sdpa")
+    seen = []
+    lm.model.layers[0].self_attn.register_forward_hook(lambda *_: seen.append(lm.config._attn_implementation))
+    prompts = _prompts()
+    decode(lm, prompts.input_ids, prompts.attention_mask, 4, TOK.eos_token_id, TOK.pad_token_id, Sampling(None))
+    assert seen[0] == "sdpa" and set(seen[1:]) == {"eager"}  # prefill, then one-token steps
+    assert lm.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError), step_attention(lm, torch.device("cpu")):
+        raise RuntimeError("a failing step")
+    assert lm.config._attn_implementation == "sdpa"  # restored on errors too
+    with step_attention(lm, torch.device("cuda")):  # other devices keep their kernels
+        assert lm.config._attn_implementation == "sdpa"
