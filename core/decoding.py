@@ -67,7 +67,7 @@ class Sampling:
         return scores
 
 
-def _cache_argument(lm) -> str:
+def cache_argument(lm) -> str:
     """The forward keyword that takes the KV cache (``cache``; ``past_key_values`` before it)."""
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
@@ -107,7 +107,7 @@ def decode(
     batch, width = input_ids.shape
     device = input_ids.device
     cache = StaticCache(config=lm.config, max_cache_len=width + max_new_tokens)
-    cache_kw = _cache_argument(lm)
+    cache_kw = cache_argument(lm)
     mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
     position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = lm(

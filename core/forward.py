@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rlloom.decoding import cache_argument
+from rlloom.models import unwrap_lm
 from rlloom.ops import entropy_from_logits, selective_log_softmax
 
 
@@ -63,10 +65,86 @@ def forward_tokens(
 
 
 def forward_rollout(model, batch, temperature: float = 1.0, **want: bool) -> ForwardOutput:
-    """``forward_tokens`` over prompt + completion of a ``RolloutBatch``: outputs [B,T]."""
+    """Log-probs (and what else is asked for) of a ``RolloutBatch``'s completions: outputs [B,T].
+
+    Rows that share a prompt (a group's G completions) read it once: ``forward_shared_prompts``.
+    With a value head, or when every prompt is different, ``forward_tokens`` over prompt +
+    completion.
+    """
+    index = shared_prompt_index(batch.prompt_ids, batch.prompt_mask)
+    lm = getattr(model, "module", model)  # inside DDP's wrapper
+    if index is not None and not want.get("want_values") and unwrap_lm(lm) is lm:
+        return forward_shared_prompts(model, batch, index, temperature, **want)
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.mask], dim=1)
     return forward_tokens(model, input_ids, attention_mask, batch.prompt_ids.shape[1], temperature, **want)
+
+
+@dataclass
+class PromptIndex:
+    """``first`` [N]: one row of each distinct prompt; ``inverse`` [B]: each row's prompt in it."""
+
+    first: Tensor
+    inverse: Tensor
+
+
+def shared_prompt_index(prompt_ids: Tensor, prompt_mask: Tensor) -> PromptIndex | None:
+    """Which rows of left-padded prompts [B,P] are the same prompt; None when all differ."""
+    rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if len(unique) == len(rows):
+        return None
+    first = torch.full((len(unique),), len(rows), dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), reduce="amin")
+    return PromptIndex(first, inverse)
+
+
+def forward_shared_prompts(
+    model, batch, index: PromptIndex, temperature: float = 1.0, want_logits: bool = False,
+    want_entropy: bool = False, entropy_grad: bool = True, want_values: bool = False,
+) -> ForwardOutput:
+    """``forward_rollout`` reading each distinct prompt once: the same log-probs, logits and
+    entropy as the full forward, with the prompt positions computed for N prompts, not B rows.
+
+    The prompts [N,P] run through the LM (unwrapped from DDP: its gradients are synchronised
+    once, by the completions' pass) with a KV cache; the cache is indexed out to the B rows (its gradient flows back summed over each prompt's rows), and the completions
+    [B,T−1] (the last token predicts nothing) run on it. Position ids follow the attention
+    mask as in ``forward_tokens``. The prediction of completion token 0 is the prompt's last
+    position; of token t > 0 the completion position t − 1. Under dropout a prompt's rows
+    share its dropout mask.
+    """
+    from transformers import DynamicCache
+
+    prompt_ids, prompt_mask = batch.prompt_ids[index.first], batch.prompt_mask[index.first]
+    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    lm = getattr(model, "module", model)
+    cache_kw = cache_argument(unwrap_lm(lm))
+    cache = DynamicCache(config=lm.config)
+    head = lm(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+        **{cache_kw: cache},
+    )
+    cache.batch_select_indices(index.inverse)
+    width, length = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    logits = head.logits[:, -1:][index.inverse]
+    if length > 1:
+        attention_mask = torch.cat([batch.prompt_mask, batch.mask[:, :-1]], dim=1)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, width:]
+        rest = model(
+            input_ids=batch.completion_ids[:, :-1], attention_mask=attention_mask, position_ids=positions,
+            use_cache=True, cache_position=torch.arange(width, width + length - 1, device=positions.device),
+            **{cache_kw: cache},
+        )
+        logits = torch.cat([logits, rest.logits], dim=1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    result = ForwardOutput(selective_log_softmax(logits, batch.completion_ids))
+    if want_logits:
+        result.logits = logits
+    if want_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            result.entropy = entropy_from_logits(logits)
+    return result
 
 
 def forward_rows(model, input_ids: Tensor, attention_mask: Tensor, **want: bool) -> ForwardOutput:
