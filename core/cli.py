@@ -3,8 +3,9 @@
 Errors caused by input print one message to stderr and exit with status 2; any other failure
 prints one line and exits with status 1 (``--traceback`` or ``RLLOOM_DEBUG=1`` adds the full
 traceback). SIGTERM ends a run as Ctrl-C does: the MLflow run is KILLED, the last checkpoint
-stays, exit status 143. When the reader of the output goes away (``rlloom list | head -1``) the
-command stops quietly with status 1, as Python itself and rich do on a closed pipe.
+stays, exit status 143 (130 for Ctrl-C); ``rlloom compare`` stops its running children so, and
+says which. When the reader of the output goes away (``rlloom list | head -1``) the command
+stops quietly with status 1, as Python itself and rich do on a closed pipe.
 """
 from __future__ import annotations
 
@@ -251,14 +252,20 @@ def main(argv: list[str] | None = None) -> int:
         if _stdout_closed():
             return _quiet_exit_on_closed_stdout()
         return _report(exc, show_traceback)
-    except Terminated:
-        print("rlloom: terminated (SIGTERM); the last checkpoint is kept, resume=true continues from it", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("rlloom: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(_stopped_line(exc), file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except Exception as exc:
         return _report(exc, show_traceback)
+
+
+def _stopped_line(exc: KeyboardInterrupt) -> str:
+    """``rlloom: terminated (SIGTERM); ...`` or ``rlloom: interrupted``, followed by what the
+    command says it stopped (``rlloom compare``: its children), when it says."""
+    said = str(exc)
+    if isinstance(exc, Terminated):
+        return f"rlloom: terminated (SIGTERM); {said or 'the last checkpoint is kept, resume=true continues from it'}"
+    return f"rlloom: interrupted; {said}" if said else "rlloom: interrupted"
 
 
 def _report(exc: Exception, show_traceback: bool) -> int:

@@ -25,6 +25,12 @@ child starts from its model, unless a varied key is under ``model.`` or ``warm_s
 then each child warm-starts itself. A line says when each child starts and ends, with how
 many are done and which are running.
 
+Each child runs in its own session, so a signal reaches it through the parent alone: on
+SIGTERM or Ctrl-C the parent starts no further child, sends each running one SIGTERM (it ends
+its own run KILLED and keeps its last checkpoint), kills any still running ``STOP_TIMEOUT_S``
+later (its run then marked KILLED here), marks the parent run KILLED and says which children
+it stopped, with their logs.
+
 A child that fails is a FAILED child run with tag ``error``; the others finish. At the end
 the parent run gets the summary table (``summary.json``, an MLflow table, and
 ``summary.md``; as Markdown with the best variant named, its description) and
@@ -38,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +52,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -65,6 +73,8 @@ COLUMNS = (  # (summary key, header, decimals)
 )
 SHARED_WARM_START_BLOCKERS = ("model.", "warm_start.")
 LOG_NAME = "compare.log"
+STOP_TIMEOUT_S = 30
+"""Seconds the children of a stopped comparison get to end their runs before they are killed."""
 
 
 # ---------------------------------------------------------------------- variants
@@ -316,6 +326,9 @@ class Comparison:
         self._lock = threading.Lock()
         self.running: list[str] = []
         self.finished = 0
+        self._procs: dict[Child, subprocess.Popen] = {}  # the running children's processes
+        self._stopping = False
+        self.stopped: dict[Child, subprocess.Popen] = {}  # what a stop found running
 
     def _check_variants(self) -> list[str]:
         """Load and validate every variant's config before anything runs (a typo in any
@@ -397,9 +410,9 @@ class Comparison:
             self._report(results)
             status = "FAILED" if failed else "FINISHED"
             return 1 if failed else 0
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (the CLI's Terminated)
             status = "KILLED"
-            raise
+            raise type(exc)(self.stop_message()) from None
         except Exception as exc:
             self.client.set_tag(self.parent_run_id, "error", one_line(exc)[:ERROR_TAG_LEN])
             raise
@@ -451,21 +464,30 @@ class Comparison:
         self.model_path = str(Path(path).resolve())
 
     def _run_children(self) -> list[Result]:
+        """Every child, ``parallel`` at a time; on SIGTERM or Ctrl-C (``KeyboardInterrupt``
+        in this, the main thread) the running ones are stopped before it propagates."""
         self.root.mkdir(parents=True, exist_ok=True)
         env = self._env()
-        with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.parallel)
+        try:
             return list(pool.map(lambda c: self._run_child(c, env), self.children))
+        except KeyboardInterrupt:
+            self._stop_children()
+            raise
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     def _run_child(self, child: Child, env: dict[str, str]) -> Result:
-        directory = self.child_dir(child)
-        directory.mkdir(parents=True, exist_ok=True)
-        log_path = directory / LOG_NAME
         start = time.perf_counter()
+        proc = self._start_child(child, env)
+        if proc is None:
+            return Result(child, error="stopped")
+        proc.wait()
         with self._lock:
-            self.running.append(child.name)
-            self.console.print(f"▶ {escape(child.name)}  started (log: {escape(str(log_path))})  {self._state()}", highlight=False, soft_wrap=True)
-        with open(log_path, "w") as log:
-            proc = subprocess.run(self.command(child), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            del self._procs[child]
+            if self._stopping:  # the stop reports it
+                return Result(child, error="stopped")
+        log_path = self.child_dir(child) / LOG_NAME
         result = Result(child, wall_s=time.perf_counter() - start)
         result.run_id = self._find_run(child)
         if proc.returncode == 0 and result.run_id is not None:
@@ -485,6 +507,60 @@ class Comparison:
             self.finished += 1
             self.console.print(f"{line}  {self._state()}", highlight=False, soft_wrap=True)
         return result
+
+    def _start_child(self, child: Child, env: dict[str, str]) -> subprocess.Popen | None:
+        """The child's process, started in a session of its own (a Ctrl-C at the terminal
+        reaches the parent alone, which stops it) and printed; None once stopping."""
+        directory = self.child_dir(child)
+        log_path = directory / LOG_NAME
+        with self._lock:
+            if self._stopping:
+                return None
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w") as log:
+                self._procs[child] = subprocess.Popen(
+                    self.command(child), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True,
+                )
+            self.running.append(child.name)
+            self.console.print(f"▶ {escape(child.name)}  started (log: {escape(str(log_path))})  {self._state()}", highlight=False, soft_wrap=True)
+            return self._procs[child]
+
+    def _stop_children(self) -> None:
+        """Start no further child; SIGTERM to each running one, which ends its own run KILLED
+        and keeps its last checkpoint; SIGKILL to any still running ``STOP_TIMEOUT_S`` later."""
+        with self._lock:
+            self._stopping = True
+            self.stopped = dict(self._procs)
+        for proc in self.stopped.values():
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in self.stopped.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):  # it ended just now
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for child in self.stopped:
+            self._end_killed(child)
+
+    def _end_killed(self, child: Child) -> None:
+        """A stopped child's run KILLED, where the child could not end it itself (killed)."""
+        run_id = self._find_run(child)
+        if run_id is not None and self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "KILLED")
+
+    def stop_message(self) -> str:
+        """What a stop did, in one line: the children it stopped and their logs."""
+        done = f"compare stopped with {self.finished}/{len(self.children)} children done"
+        if not self.stopped:
+            return f"{done}, none running"
+        children = ", ".join(f"{c.name} (log: {self.child_dir(c) / LOG_NAME})" for c in self.stopped)
+        return (
+            f"{done}; stopped the running ones, their MLflow runs KILLED and their last checkpoints kept "
+            f"(resume=true on a child continues it): {children}"
+        )
 
     def _state(self) -> str:
         """``[done 2/6; running: a, b]``: where the comparison stands (call under the lock)."""
