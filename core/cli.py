@@ -2,9 +2,9 @@
 
 Errors caused by input print one message to stderr and exit with status 2; any other failure
 prints one line and exits with status 1 (``--traceback`` or ``RLLOOM_DEBUG=1`` adds the full
-traceback). SIGTERM ends a run as Ctrl-C does: the MLflow run is KILLED, the last checkpoint
-stays, exit status 143 (130 for Ctrl-C); ``rlloom compare`` stops its running children so, and
-says which. When the reader of the output goes away (``rlloom list | head -1``) the command
+traceback). SIGTERM (and SIGHUP, a closed terminal) ends a run as Ctrl-C does: the MLflow
+run is KILLED, the last checkpoint stays, exit status 128 + the signal (130 for Ctrl-C);
+``rlloom compare`` stops its running children so, and says which. When the reader of the output goes away (``rlloom list | head -1``) the command
 stops quietly with status 1, as Python itself and rich do on a closed pipe.
 """
 from __future__ import annotations
@@ -25,9 +25,22 @@ from rlloom.errors import RlloomError, one_line
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: raised in the main thread, so a run ends exactly as on Ctrl-C."""
 
+    signum = signal.SIGTERM
+
+
+class HungUp(Terminated):
+    """SIGHUP arrived (the terminal closed): ended as on SIGTERM. ``rlloom compare``'s
+    children run in sessions of their own, so the hangup reaches them only this way."""
+
+    signum = signal.SIGHUP
+
 
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
+
+
+def _on_sighup(signum, frame) -> None:
+    raise HungUp()
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -243,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "compare"):
         _quiet_libraries()
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGHUP, _on_sighup)
     show_traceback = args.traceback or os.environ.get("RLLOOM_DEBUG") == "1"
     try:
         code = args.func(args)
@@ -254,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(exc, show_traceback)
     except KeyboardInterrupt as exc:
         print(_stopped_line(exc), file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     except Exception as exc:
         return _report(exc, show_traceback)
 
@@ -264,7 +278,8 @@ def _stopped_line(exc: KeyboardInterrupt) -> str:
     command says it stopped (``rlloom compare``: its children), when it says."""
     said = str(exc)
     if isinstance(exc, Terminated):
-        return f"rlloom: terminated (SIGTERM); {said or 'the last checkpoint is kept, resume=true continues from it'}"
+        name = signal.Signals(exc.signum).name
+        return f"rlloom: terminated ({name}); {said or 'the last checkpoint is kept, resume=true continues from it'}"
     return f"rlloom: interrupted; {said}" if said else "rlloom: interrupted"
 
 

@@ -1,4 +1,4 @@
-"""SIGTERM to ``rlloom compare`` stops everything: the running children end their runs KILLED
+"""SIGTERM (or SIGHUP) to ``rlloom compare`` stops everything: the running children end their runs KILLED
 and keep their checkpoints, no further child starts, the parent run is KILLED, one line names
 the children stopped and their logs, and no process is left behind; exit status 143."""
 import os
@@ -60,7 +60,8 @@ def wait_until_training(children: list[Path], proc: subprocess.Popen, timeout: f
         time.sleep(0.2)
 
 
-def test_sigterm_stops_the_running_children_and_ends_every_run_killed(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal closed
+def test_sigterm_stops_the_running_children_and_ends_every_run_killed(tmp_path, signum):
     create_store(tmp_path)
     out = tmp_path / "cmp"
     root = out / "compare"
@@ -70,7 +71,7 @@ def test_sigterm_stops_the_running_children_and_ends_every_run_killed(tmp_path):
         wait_until_training(children[:2], proc)
         pids = processes_under(root)
         assert len(pids) == 2, pids  # one process per running child
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         sent = time.monotonic()
         _, err = proc.communicate(timeout=120)
         stopped_in = time.monotonic() - sent
@@ -81,11 +82,11 @@ def test_sigterm_stops_the_running_children_and_ends_every_run_killed(tmp_path):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + signum, err
     assert stopped_in < 60
     line = err.strip().splitlines()[-1]
     assert line.startswith(
-        "rlloom: terminated (SIGTERM); compare stopped with 0/3 children done; stopped the running ones, their "
+        f"rlloom: terminated ({signal.Signals(signum).name}); compare stopped with 0/3 children done; stopped the running ones, their "
         "MLflow runs KILLED and their last checkpoints kept (resume=true on a child continues it): "
     ), err
     for child in children[:2]:
