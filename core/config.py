@@ -81,6 +81,16 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
+def _default_path(name: str, including: Path) -> Path:
+    """The file a ``defaults`` entry of the config ``including`` names: a file beside it, else a
+    preset. A name that finds the config itself (``grpo.yaml`` copied from the preset and
+    still starting ``defaults: [grpo]``) means the shipped preset."""
+    found = _find_preset(name, including.parent, "defaults: ")
+    if found.resolve() == including and including.parent != PRESET_DIR.resolve():
+        return _find_preset(name, PRESET_DIR, "defaults: ")
+    return found
+
+
 def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     path = path.resolve()
     if path in seen:
@@ -92,7 +102,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         defaults = [defaults]
     if not isinstance(defaults, (list, ListConfig)):
         raise ConfigError(f"{path}: defaults must be a list of preset names")
-    parts = [_compose(_find_preset(str(name), path.parent, "defaults: "), (*seen, path)) for name in defaults]
+    parts = [_compose(_default_path(str(name), path), (*seen, path)) for name in defaults]
     merged = parts[0] if parts else cfg
     for part in [*parts[1:], cfg] if parts else []:
         merged = merge(merged, part)

@@ -39,6 +39,14 @@ def test_missing_preset_and_cycle_are_reported(tmp_path):
         load_config(tmp_path / "x.yaml")
 
 
+def test_a_config_named_like_the_preset_it_extends_extends_the_preset(tmp_path):
+    # ./grpo.yaml starting `defaults: [grpo]` means the shipped grpo, not itself
+    mine = load_config(_write(tmp_path / "grpo.yaml", "defaults: [grpo]\ntrainer: {max_steps: 7}\n"))
+    shipped = load_config(PRESET_DIR / "grpo.yaml")
+    assert mine.trainer.max_steps == 7 and shipped.trainer.max_steps != 7
+    assert mine.advantage == shipped.advantage and mine.algorithm == shipped.algorithm
+
+
 def test_bad_override_and_bad_yaml(tmp_path):
     good = _write(tmp_path / "g.yaml", "seed: 0\n")
     with pytest.raises(ConfigError, match="not of the form key=value"):
