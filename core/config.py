@@ -210,7 +210,12 @@ def validate_config(cfg: DictConfig, registry: Registry | None = None) -> list[t
         from rlloom.pipeline import reward_specs
 
         try:
-            reward_specs(cfg)
+            names = [r.name for r in reward_specs(cfg)]
+            chosen = OmegaConf.select(cfg, "trainer.eval_reward")
+            if chosen is not None and chosen not in names:
+                problems.append(
+                    f"trainer.eval_reward: '{chosen}' is not one of the configured rewards ({', '.join(names) or 'none'})"
+                )
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:

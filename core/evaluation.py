@@ -23,7 +23,8 @@ def chunks(n: int, size: int) -> list[torch.Tensor]:
 
 class GreedyEvaluation:
     """``eval/accuracy``: the fraction of held-out prompts whose greedy answer gets a positive
-    first reward; ``eval/reward_mean``: the mean combined reward.
+    score from the reward ``trainer.eval_reward`` names (the first reward when null);
+    ``eval/reward_mean``: the mean combined reward; ``eval/reward/<name>``: each reward's mean.
 
     The held-out prompts are the first ``trainer.eval_size`` rows of the task's test split,
     loaded on first use and shared out over the processes. Answers are at most ``budget``
@@ -56,7 +57,9 @@ class GreedyEvaluation:
         lm = unwrap_lm(rt.policy)
         was_training = lm.training
         lm.eval()
+        judge = rt.cfg.trainer.eval_reward or self.rewards[0].name
         correct = reward_sum = 0.0
+        per_reward = torch.zeros(len(self.rewards), dtype=torch.float64)
         for idx in chunks(len(data), rt.cfg.trainer.micro_batch_size):
             prompts = prompt_batch(data, idx.tolist(), tok, 0)
             out = decode(
@@ -68,9 +71,13 @@ class GreedyEvaluation:
             completions = tok.batch_decode(tokens.masked_fill(mask == 0, tok.pad_token_id), skip_special_tokens=True)
             columns = {**prompts.columns, "completion_lengths": mask.sum(1).tolist(), "truncated": truncated.tolist()}
             total, parts = score(self.rewards, prompts.texts, completions, columns)
-            correct += float((parts[self.rewards[0].name] > 0).sum())
+            correct += float((parts[judge] > 0).sum())
             reward_sum += float(total.sum())
+            per_reward += torch.stack([parts[r.name].double().sum() for r in self.rewards])
         lm.train(was_training)
-        sums = global_sum(torch.tensor([correct, reward_sum, float(len(data))], dtype=torch.float64))
+        sums = global_sum(torch.cat([torch.tensor([correct, reward_sum, float(len(data))], dtype=torch.float64), per_reward]))
         n = max(sums[2].item(), 1.0)
-        return {"eval/accuracy": sums[0].item() / n, "eval/reward_mean": sums[1].item() / n}
+        metrics = {"eval/accuracy": sums[0].item() / n, "eval/reward_mean": sums[1].item() / n}
+        for reward, total_score in zip(self.rewards, sums[3:].tolist()):
+            metrics[f"eval/reward/{reward.name}"] = total_score / n
+        return metrics

@@ -77,6 +77,7 @@ class TrainerSettings:
     eval_every: int = at_least(10, 0)  # 0: no evaluation
     eval_size: int = at_least(200, 0)  # held-out prompts per evaluation
     eval_max_new_tokens: Optional[int] = at_least(None, 1)  # null: the sampler's budget
+    eval_reward: Optional[str] = None  # the reward whose positive score counts as correct (null: the first)
     checkpoint_every: int = at_least(0, 0)  # 0: only at the end
     log_completions: int = at_least(32, 0)  # sampled completions kept per logged table
     completions_every: Optional[int] = at_least(None, 1)  # steps between completion tables; null: at evaluations (and the last step)
