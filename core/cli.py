@@ -20,27 +20,7 @@ import traceback
 from typing import Any
 
 from rlloom.errors import RlloomError, one_line
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived: raised in the main thread, so a run ends exactly as on Ctrl-C."""
-
-    signum = signal.SIGTERM
-
-
-class HungUp(Terminated):
-    """SIGHUP arrived (the terminal closed): ended as on SIGTERM. ``rlloom compare``'s
-    children run in sessions of their own, so the hangup reaches them only this way."""
-
-    signum = signal.SIGHUP
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
-
-
-def _on_sighup(signum, frame) -> None:
-    raise HungUp()
+from rlloom.stopping import Terminated, install as install_signal_handlers
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -255,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("train", "compare"):
         _quiet_libraries()
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        signal.signal(signal.SIGHUP, _on_sighup)
+        install_signal_handlers()
     show_traceback = args.traceback or os.environ.get("RLLOOM_DEBUG") == "1"
     try:
         code = args.func(args)

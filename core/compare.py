@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +62,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
 from rlloom.errors import ERROR_TAG_LEN, ConfigError, RlloomError, one_line
+from rlloom.stopping import raise_if_stopping
 
 PLOTTED = ("reward/mean", "eval/accuracy")
 THROUGHPUT = "throughput/tokens_per_s"
@@ -470,7 +471,11 @@ class Comparison:
         env = self._env()
         pool = ThreadPoolExecutor(max_workers=self.parallel)
         try:
-            return list(pool.map(lambda c: self._run_child(c, env), self.children))
+            futures = [pool.submit(self._run_child, child, env) for child in self.children]
+            while not all(f.done() for f in futures):
+                wait(futures, timeout=1.0)
+                raise_if_stopping()  # a SIGTERM whose first raise Python dropped
+            return [f.result() for f in futures]
         except KeyboardInterrupt:
             self._stop_children()
             raise

@@ -27,6 +27,7 @@ from rlloom.progress import Progress, notice, phase_name
 from rlloom.registry import Registry, get_plugin_manager, get_registry
 from rlloom.runtime import Runtime, TrainingMode, build_runtime
 from rlloom.settings import as_plain, load_settings
+from rlloom.stopping import raise_if_stopping
 from rlloom.supervised import SupervisedMode
 from rlloom.tracking import Tracker, check_store, run_tags
 from rlloom.models import save_policy
@@ -104,6 +105,7 @@ class Trainer:
                 # HOOKS
                 hooks.rlloom_after_step(step=done, metrics=metrics)
                 progress.update(metrics)
+                raise_if_stopping()  # a SIGTERM whose first raise Python dropped
             if main:
                 final = Path(cfg.output_dir) / FINAL_MODEL
                 with writing("the final model", final):

@@ -111,12 +111,13 @@ def test_sigterm_ends_like_ctrl_c_and_keeps_the_last_checkpoint(tmp_path):
     run = ["trainer.max_steps=500", "trainer.checkpoint_every=2"]
     proc = spawn(train_command(GRPO, tiny_run(tmp_path, out, *run)), tmp_path)
     deadline = time.monotonic() + 300
-    while not (out / "checkpoints" / "step_0000002" / COMPLETE_FILE).exists():
+    # any complete checkpoint: only the newest two are kept, and a fast step rotates step 2 out
+    while not scan(out)[0]:
         assert proc.poll() is None and time.monotonic() < deadline, "the run never wrote its first checkpoint"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     code, err = _finish(proc, timeout=120)
-    assert code == 128 + signal.SIGTERM
+    assert code == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == (
         "rlloom: terminated (SIGTERM); the last checkpoint is kept, resume=true continues from it"
     )

@@ -1,0 +1,54 @@
+"""A SIGTERM whose exception Python drops (it arrived in a garbage-collection callback) still
+stops the run at the end of the step."""
+import signal
+import weakref
+
+import mlflow
+import pytest
+
+from rlloom import stopping
+from rlloom.config import PRESET_DIR, load_config
+from rlloom.engine import Trainer
+
+
+class _Collected:
+    pass
+
+
+def _signal_during_a_gc_callback(signum):
+    """What happens when the signal arrives while a weakref callback runs: the handler's
+    exception is printed as "Exception ignored" and dropped."""
+    obj = _Collected()
+    ref = weakref.ref(obj, lambda _: stopping._handle(signum, None))
+    del obj
+    assert ref() is None
+
+
+@pytest.mark.parametrize("signum, kind", [(signal.SIGTERM, stopping.Terminated), (signal.SIGHUP, stopping.HungUp)])
+def test_a_dropped_signal_is_raised_again(monkeypatch, signum, kind):
+    monkeypatch.setattr(stopping, "_received", [])
+    stopping.raise_if_stopping()  # nothing received: nothing raised
+    _signal_during_a_gc_callback(signum)
+    with pytest.raises(kind):
+        stopping.raise_if_stopping()
+
+
+def test_the_training_loop_stops_after_the_step_the_signal_arrived_in(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(stopping, "_received", [])
+    trainer = Trainer(load_config(PRESET_DIR / "grpo.yaml", [*tiny, "trainer.max_steps=5", "trainer.checkpoint_every=1"]))
+
+    class DropsASignalInStep2:
+        def rlloom_after_step(self, step, metrics):
+            if step == 2:
+                _signal_during_a_gc_callback(signal.SIGTERM)
+
+    from rlloom import hookimpl
+
+    DropsASignalInStep2.rlloom_after_step = hookimpl(DropsASignalInStep2.rlloom_after_step)
+    trainer.pm.register(DropsASignalInStep2())
+    with pytest.raises(stopping.Terminated):
+        trainer.train()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "KILLED"
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000001", "step_0000002"]
