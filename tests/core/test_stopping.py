@@ -1,7 +1,7 @@
 """A SIGTERM whose exception Python drops (it arrived in a garbage-collection callback) still
 stops the run at the end of the step."""
+import contextlib
 import signal
-import weakref
 
 import mlflow
 import pytest
@@ -11,17 +11,12 @@ from rlloom.config import PRESET_DIR, load_config
 from rlloom.engine import Trainer
 
 
-class _Collected:
-    pass
-
-
 def _signal_during_a_gc_callback(signum):
-    """What happens when the signal arrives while a weakref callback runs: the handler's
-    exception is printed as "Exception ignored" and dropped."""
-    obj = _Collected()
-    ref = weakref.ref(obj, lambda _: stopping._handle(signum, None))
-    del obj
-    assert ref() is None
+    """What happens when the signal arrives while a weakref callback or ``__del__`` runs: the
+    handler raises and Python drops the exception ("Exception ignored in ..."). Dropped here
+    by hand: a real unraisable KeyboardInterrupt would stop pytest itself."""
+    with contextlib.suppress(KeyboardInterrupt):
+        stopping._handle(signum, None)
 
 
 @pytest.mark.parametrize("signum, kind", [(signal.SIGTERM, stopping.Terminated), (signal.SIGHUP, stopping.HungUp)])
