@@ -6,9 +6,10 @@ import signal
 import mlflow
 import pytest
 
-from rlloom import stopping
+from rlloom import hookimpl, stopping
 from rlloom.config import PRESET_DIR, load_config
 from rlloom.engine import Trainer
+from rlloom.registry import make_plugin_manager
 
 
 def _signal_during_a_gc_callback(signum):
@@ -30,19 +31,18 @@ def test_a_dropped_signal_is_raised_again(monkeypatch, signum, kind):
 
 def test_the_training_loop_stops_after_the_step_the_signal_arrived_in(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(stopping, "_received", [])
-    trainer = Trainer(load_config(PRESET_DIR / "grpo.yaml", [*tiny, "trainer.max_steps=5", "trainer.checkpoint_every=1"]))
 
     class DropsASignalInStep2:
+        @hookimpl
         def rlloom_after_step(self, step, metrics):
             if step == 2:
                 _signal_during_a_gc_callback(signal.SIGTERM)
 
-    from rlloom import hookimpl
-
-    DropsASignalInStep2.rlloom_after_step = hookimpl(DropsASignalInStep2.rlloom_after_step)
-    trainer.pm.register(DropsASignalInStep2())
+    pm = make_plugin_manager()  # this run's own: the plugin must not outlive the test
+    pm.register(DropsASignalInStep2())
+    cfg = load_config(PRESET_DIR / "grpo.yaml", [*tiny, "trainer.max_steps=5", "trainer.checkpoint_every=1"])
     with pytest.raises(stopping.Terminated):
-        trainer.train()
+        Trainer(cfg, plugin_manager=pm).train()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "KILLED"
