@@ -4,8 +4,9 @@ Errors caused by input print one message to stderr and exit with status 2; any o
 prints one line and exits with status 1 (``--traceback`` or ``RLLOOM_DEBUG=1`` adds the full
 traceback). SIGTERM (and SIGHUP, a closed terminal) ends a run as Ctrl-C does: the MLflow
 run is KILLED, the last checkpoint stays, exit status 128 + the signal (130 for Ctrl-C);
-``rlloom compare`` stops its running children so, and says which. When the reader of the output goes away (``rlloom list | head -1``) the command
-stops quietly with status 1, as Python itself and rich do on a closed pipe.
+``rlloom compare`` stops its running children so, and says which. When the reader of the
+output goes away (``rlloom list | head -1``) the command stops quietly with status 1, as
+Python itself and rich do on a closed pipe.
 """
 from __future__ import annotations
 

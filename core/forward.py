@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from rlloom.decoding import cache_argument
-from rlloom.models import unwrap_lm
+from rlloom.models import PolicyWithValue
 from rlloom.ops import entropy_from_logits, selective_log_softmax
 
 
@@ -44,23 +44,37 @@ def forward_tokens(
     start−1 … L−2. ``values`` at position t are V(s_t), the state before token t.
     ``entropy`` carries no gradient when ``entropy_grad`` is False (a metric, not a loss term).
     """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     width = input_ids.shape[1]
     out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-        logits_to_keep=width - start + 1,
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=mask_positions(attention_mask),
+        use_cache=False, logits_to_keep=width - start + 1,
     )
-    logits = out.logits[:, :-1]
+    result = _outputs(out.logits[:, :-1], input_ids[:, start:], temperature, want_logits, want_entropy, entropy_grad)
+    if want_values:
+        result.values = out.values[:, start - 1 : -1].float()
+    return result
+
+
+def mask_positions(attention_mask: Tensor) -> Tensor:
+    """Position ids [B,L] that follow the attention mask: a left-padded row gets the positions
+    it would have unpadded (padding at 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _outputs(
+    logits: Tensor, tokens: Tensor, temperature: float, want_logits: bool, want_entropy: bool, entropy_grad: bool
+) -> ForwardOutput:
+    """From the logits [B,T,V] predicting ``tokens`` [B,T]: their log-probs at ``temperature``,
+    and the scaled logits and entropy when asked for (no entropy gradient unless
+    ``entropy_grad``)."""
     if temperature != 1.0:
         logits = logits / temperature
-    result = ForwardOutput(selective_log_softmax(logits, input_ids[:, start:]))
+    result = ForwardOutput(selective_log_softmax(logits, tokens))
     if want_logits:
         result.logits = logits
     if want_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             result.entropy = entropy_from_logits(logits)
-    if want_values:
-        result.values = out.values[:, start - 1 : -1].float()
     return result
 
 
@@ -72,8 +86,8 @@ def forward_rollout(model, batch, temperature: float = 1.0, **want: bool) -> For
     completion.
     """
     index = shared_prompt_index(batch.prompt_ids, batch.prompt_mask)
-    lm = getattr(model, "module", model)  # inside DDP's wrapper
-    if index is not None and not want.get("want_values") and unwrap_lm(lm) is lm:
+    if index is not None and not want.get("want_values") and not isinstance(_inside_ddp(model), PolicyWithValue):
+        want.pop("want_values", None)
         return forward_shared_prompts(model, batch, index, temperature, **want)
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.mask], dim=1)
@@ -99,16 +113,22 @@ def shared_prompt_index(prompt_ids: Tensor, prompt_mask: Tensor) -> PromptIndex 
     return PromptIndex(first, inverse)
 
 
+def _inside_ddp(model):
+    """The module a DDP wrapper holds (the model itself when it is not wrapped)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def forward_shared_prompts(
     model, batch, index: PromptIndex, temperature: float = 1.0, want_logits: bool = False,
-    want_entropy: bool = False, entropy_grad: bool = True, want_values: bool = False,
+    want_entropy: bool = False, entropy_grad: bool = True,
 ) -> ForwardOutput:
     """``forward_rollout`` reading each distinct prompt once: the same log-probs, logits and
     entropy as the full forward, with the prompt positions computed for N prompts, not B rows.
 
     The prompts [N,P] run through the LM (unwrapped from DDP: its gradients are synchronised
-    once, by the completions' pass) with a KV cache; the cache is indexed out to the B rows (its gradient flows back summed over each prompt's rows), and the completions
-    [B,T−1] (the last token predicts nothing) run on it. Position ids follow the attention
+    once, by the completions' pass) with a KV cache; the cache is indexed out to the B rows
+    (its gradient flows back summed over each prompt's rows), and the completions [B,T−1]
+    (the last token predicts nothing) run on it. A causal LM without a value head. Position ids follow the attention
     mask as in ``forward_tokens``. The prediction of completion token 0 is the prompt's last
     position; of token t > 0 the completion position t − 1. Under dropout a prompt's rows
     share its dropout mask.
@@ -116,35 +136,26 @@ def forward_shared_prompts(
     from transformers import DynamicCache
 
     prompt_ids, prompt_mask = batch.prompt_ids[index.first], batch.prompt_mask[index.first]
-    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-    lm = getattr(model, "module", model)
-    cache_kw = cache_argument(unwrap_lm(lm))
+    lm = _inside_ddp(model)
+    cache_kw = cache_argument(lm)
     cache = DynamicCache(config=lm.config)
     head = lm(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-        **{cache_kw: cache},
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=mask_positions(prompt_mask), use_cache=True,
+        logits_to_keep=1, **{cache_kw: cache},
     )
     cache.batch_select_indices(index.inverse)
     width, length = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
     logits = head.logits[:, -1:][index.inverse]
     if length > 1:
         attention_mask = torch.cat([batch.prompt_mask, batch.mask[:, :-1]], dim=1)
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, width:]
+        positions = mask_positions(attention_mask)[:, width:]
         rest = model(
             input_ids=batch.completion_ids[:, :-1], attention_mask=attention_mask, position_ids=positions,
             use_cache=True, cache_position=torch.arange(width, width + length - 1, device=positions.device),
             **{cache_kw: cache},
         )
         logits = torch.cat([logits, rest.logits], dim=1)
-    if temperature != 1.0:
-        logits = logits / temperature
-    result = ForwardOutput(selective_log_softmax(logits, batch.completion_ids))
-    if want_logits:
-        result.logits = logits
-    if want_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            result.entropy = entropy_from_logits(logits)
-    return result
+    return _outputs(logits, batch.completion_ids, temperature, want_logits, want_entropy, entropy_grad)
 
 
 def forward_rows(model, input_ids: Tensor, attention_mask: Tensor, **want: bool) -> ForwardOutput:

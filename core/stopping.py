@@ -26,9 +26,13 @@ class HungUp(Terminated):
     signum = signal.SIGHUP
 
 
+def _exception(signum: int) -> Terminated:
+    return HungUp() if signum == signal.SIGHUP else Terminated()
+
+
 def _handle(signum, frame) -> None:
     _received.append(signum)
-    raise HungUp() if signum == signal.SIGHUP else Terminated()
+    raise _exception(signum)
 
 
 def install() -> None:
@@ -41,4 +45,4 @@ def install() -> None:
 def raise_if_stopping() -> None:
     """Raise the exception of a signal received earlier (one whose first raise was dropped)."""
     if _received:
-        raise HungUp() if _received[0] == signal.SIGHUP else Terminated()
+        raise _exception(_received[0])
