@@ -27,12 +27,14 @@ Configurations: ``fp32`` (rlloom ``trainer.precision=fp32``; TRL ``bf16=False``,
 autocast in both, the same computation) and ``defaults`` (rlloom ``trainer.precision=auto``;
 TRL's ``GRPOConfig`` defaults: ``bf16=True``, ``gradient_checkpointing=True``).
 
-Printed: median s/step of each, the ratio rlloom / TRL, rlloom's sample / update split, the
-floor (rlloom's update alone / TRL's step: the ratio rlloom would reach if sampling cost
-nothing, so a target below it needs a cheaper update, not faster sampling),
-rlloom's achieved update GFLOP/s (6·N·tokens for forward + backward, + 2·N·tokens for the
-reference forward) against a measured matmul rate at that precision, and each process's
-peak resident memory. Without TRL installed (``pip install -e ".[bench]"``) only rlloom runs.
+Printed: median s/step of each, the ratio rlloom / TRL, the floor (rlloom's update alone /
+TRL's step: the ratio rlloom would reach if sampling cost nothing, so a target below it
+needs a cheaper update, not faster sampling), the bound (the arithmetic every
+implementation must do, ``arithmetic``, at the measured matmul rate, / TRL's step: what a
+framework that samples and then updates would reach if every matmul ran at that rate and
+nothing else took time), rlloom's sample / update split, the same split at the measured
+matmul rate (how far each phase is from its arithmetic), and each process's peak resident
+memory. Without TRL installed (``pip install -e ".[bench]"``) only rlloom runs.
 """
 from __future__ import annotations
 
@@ -292,8 +294,8 @@ def main() -> None:
     threads = args.threads or "torch's default"
     print(f"matmul {rate[False]:.0f} GFLOP/s fp32, {rate[True]:.0f} GFLOP/s bf16 (1024³, median of 10); threads per process: {threads}")
     header = (
-        "| workload | config | rlloom s/step | TRL s/step | rlloom / TRL | floor | rlloom sample / update s "
-        "| update GFLOP/s (% of matmul) | peak MiB rlloom / TRL |"
+        "| workload | config | rlloom s/step | TRL s/step | rlloom / TRL | floor | bound | rlloom sample / update s "
+        "| at matmul rate s | peak MiB rlloom / TRL |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -316,12 +318,20 @@ def _median(results: list[dict], key: str) -> float:
     return statistics.median(v for r in results for v in r[key])
 
 
+def arithmetic(work: Workload, params: int) -> tuple[float, float]:
+    """FLOPs every implementation of the step must do, as (sampling, update): 2·N per sampled
+    token to decode it, 6·N per completion token for the update's forward and backward, and
+    2·N more for the reference forward when there is a KL term (N parameters; prompt
+    positions and attention left out, so a lower bound)."""
+    tokens = work.rows * work.tokens
+    return 2 * params * tokens, (6 + (2 if work.beta else 0)) * params * tokens
+
+
 def table_row(name: str, config: str, work: Workload, params: int, results: dict, rate: float) -> str:
     mine = results["rlloom"]
     tokens = {t for r in mine for t in r["tokens"]}
     step, sample, update = (_median(mine, k) for k in ("times", "sample", "update"))
-    seq = work.rows * (max(len(p) for p in PROMPTS) + work.tokens)  # positions the update runs over (padded)
-    flops = (6 + (2 if work.beta else 0)) * params * seq
+    at_rate = [flops / rate / 1e9 for flops in arithmetic(work, params)]
     peak = max(r["peak_mib"] for r in mine)
     if results["trl"]:
         theirs = results["trl"]
@@ -329,14 +339,13 @@ def table_row(name: str, config: str, work: Workload, params: int, results: dict
         if tokens != their_tokens:
             raise SystemExit(f"{name} ({config}): token counts differ: rlloom {sorted(tokens)}, TRL {sorted(their_tokens)}")
         trl_step = _median(theirs, "times")
-        trl_cols = f"{trl_step:.3f} | {step / trl_step:.2f} | {update / trl_step:.2f}"
+        trl_cols = f"{trl_step:.3f} | {step / trl_step:.2f} | {update / trl_step:.2f} | {sum(at_rate) / trl_step:.2f}"
         trl_peak = f"{max(r['peak_mib'] for r in theirs):.0f}"
     else:
-        trl_cols, trl_peak = "— | — | —", "—"
-    achieved = flops / update / 1e9
+        trl_cols, trl_peak = "— | — | — | —", "—"
     return (
         f"| {name} | {config} | {step:.3f} | {trl_cols} | {sample:.3f} / {update:.3f} | "
-        f"{achieved:.1f} ({100 * achieved / rate:.0f} %) | {peak:.0f} / {trl_peak} |"
+        f"{at_rate[0]:.3f} / {at_rate[1]:.3f} | {peak:.0f} / {trl_peak} |"
     )
 
 

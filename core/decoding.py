@@ -1,15 +1,19 @@
 """Autoregressive decoding over a preallocated KV cache, one forward per token.
 
 ``decode`` runs the causal LM on left-padded prompts [B,P], then feeds back one token per
-row at a time, writing keys and values into a ``StaticCache`` sized P + ``max_new_tokens``
+row at a time, writing keys and values into a cache preallocated for P + ``max_new_tokens``
 (no cache grown by concatenation). Each step keeps only the last position's logits [B,V]:
 the chosen token and its log-prob are taken from them and they are dropped, so no [B,T,V]
 tensor exists. Decoding stops when every row has emitted EOS or at the token budget.
 
-On CPU the one-token steps run eager attention (the prefill keeps the model's own): for one
-query row it is a [B,H,1,L] product, and it measured 10–14 % faster per decode than SDPA in
-float32 and 18–39 % faster under bfloat16 autocast (Qwen2, hidden 128–384, 64 rows, one
-thread). The model's implementation is restored afterwards.
+The steps run through ``rlloom.layer_steps.LayerSteps`` where it fits the model (Llama and
+Qwen2 decoders on CPU: the same arithmetic without the forward's per-call machinery, each
+distinct prompt prefilled once), else through the model's own forward over a
+``StaticCache`` (``ModelSteps``). There, on CPU, the one-token steps run eager attention
+(the prefill keeps the model's own): for one query row it is a [B,H,1,L] product, and it
+measured 10–14 % faster per decode than SDPA in float32 and 18–39 % faster under bfloat16
+autocast (Qwen2, hidden 128–384, 64 rows, one thread). The model's implementation is
+restored afterwards.
 
 Sampling follows transformers ``generate`` step for step (temperature, then top-k, then
 top-p, then ``torch.multinomial`` on the softmax, every row drawing at every step), so the
@@ -23,6 +27,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from rlloom.layer_steps import LayerSteps, layer_steps_fit
+from rlloom.prompt_rows import mask_positions
 
 
 @dataclass
@@ -87,6 +94,45 @@ def step_attention(lm, device: torch.device):
         lm.set_attn_implementation(before)
 
 
+class ModelSteps:
+    """The prefill of left-padded prompts [B,P] through ``lm``'s own forward, then one token per
+    row per ``next`` (inside ``stepping()``: eager attention on CPU), over a ``StaticCache`` sized
+    for ``max_new_tokens`` more. ``logits`` [B,V] predict each row's next token. Any causal LM."""
+
+    def __init__(self, lm, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, cache_kw: str):
+        from transformers import StaticCache
+
+        self.lm, self.cache_kw = lm, cache_kw
+        batch, self.width = input_ids.shape
+        self.cache = StaticCache(config=lm.config, max_cache_len=self.width + max_new_tokens)
+        self.mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
+        position = mask_positions(attention_mask)
+        out = lm(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True,
+            cache_position=torch.arange(self.width, device=input_ids.device), logits_to_keep=1,
+            **{cache_kw: self.cache},
+        )
+        self.logits = out.logits[:, -1]
+        self.position = position[:, -1:]
+        self.steps = 0
+
+    def stepping(self):
+        """The context the one-token steps run in (``step_attention``)."""
+        return step_attention(self.lm, self.position.device)
+
+    def next(self, tokens: Tensor) -> Tensor:
+        """Feed ``tokens`` [B] at each row's next position; the logits [B,V] that follow."""
+        self.position = self.position + 1
+        at = self.width + self.steps
+        self.steps += 1
+        out = self.lm(
+            input_ids=tokens[:, None], attention_mask=self.mask[:, : at + 1], position_ids=self.position,
+            use_cache=True, cache_position=torch.tensor([at], device=tokens.device), **{self.cache_kw: self.cache},
+        )
+        self.logits = out.logits[:, -1]
+        return self.logits
+
+
 @torch.no_grad()
 def decode(
     lm,
@@ -100,36 +146,21 @@ def decode(
     """Up to ``max_new_tokens`` tokens after left-padded prompts ``input_ids`` [B,P] under ``lm``.
 
     Positions follow the attention mask (a left-padded prompt gets the positions it would
-    have unpadded); a row that has emitted EOS gets ``pad_token_id`` from then on.
+    have unpadded); a row that has emitted EOS gets ``pad_token_id`` from then on. The
+    steps run through ``LayerSteps`` where it fits the model, else ``ModelSteps``.
     """
-    from transformers import StaticCache
-
-    batch, width = input_ids.shape
-    device = input_ids.device
-    cache = StaticCache(config=lm.config, max_cache_len=width + max_new_tokens)
-    cache_kw = cache_argument(lm)
-    mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
-    position = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = lm(
-        input_ids=input_ids, attention_mask=mask[:, :width], position_ids=position, use_cache=True,
-        cache_position=torch.arange(width, device=device), logits_to_keep=1, **{cache_kw: cache},
-    )
-    position = position[:, -1:]
-    running = torch.ones(batch, dtype=torch.bool, device=device)
+    fits = layer_steps_fit(lm, input_ids.device)
+    steps = (LayerSteps if fits else ModelSteps)(lm, input_ids, attention_mask, max_new_tokens, cache_argument(lm))
+    running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens, logprobs = [], []
-    with step_attention(lm, device):
+    with steps.stepping():
         for t in range(max_new_tokens):
-            chosen, logp = sampling.choose(out.logits[:, -1].float())
-            del out
+            chosen, logp = sampling.choose(steps.logits.float())
             chosen = torch.where(running, chosen, pad_token_id)
             tokens.append(chosen)
             logprobs.append(logp * running)
             running = running & (chosen != eos_token_id)
             if t == max_new_tokens - 1 or not running.any():
                 break
-            position = position + 1
-            out = lm(
-                input_ids=chosen[:, None], attention_mask=mask[:, : width + t + 1], position_ids=position,
-                use_cache=True, cache_position=torch.tensor([width + t], device=device), **{cache_kw: cache},
-            )
+            steps.next(chosen)
     return Decoded(torch.stack(tokens, 1), torch.stack(logprobs, 1))

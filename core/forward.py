@@ -13,6 +13,7 @@ from torch import Tensor
 from rlloom.decoding import cache_argument
 from rlloom.models import PolicyWithValue
 from rlloom.ops import entropy_from_logits, selective_log_softmax
+from rlloom.prompt_rows import PromptIndex, mask_positions, shared_prompt_index
 
 
 @dataclass
@@ -55,12 +56,6 @@ def forward_tokens(
     return result
 
 
-def mask_positions(attention_mask: Tensor) -> Tensor:
-    """Position ids [B,L] that follow the attention mask: a left-padded row gets the positions
-    it would have unpadded (padding at 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def _outputs(
     logits: Tensor, tokens: Tensor, temperature: float, want_logits: bool, want_entropy: bool, entropy_grad: bool
 ) -> ForwardOutput:
@@ -92,25 +87,6 @@ def forward_rollout(model, batch, temperature: float = 1.0, **want: bool) -> For
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention_mask = torch.cat([batch.prompt_mask, batch.mask], dim=1)
     return forward_tokens(model, input_ids, attention_mask, batch.prompt_ids.shape[1], temperature, **want)
-
-
-@dataclass
-class PromptIndex:
-    """``first`` [N]: one row of each distinct prompt; ``inverse`` [B]: each row's prompt in it."""
-
-    first: Tensor
-    inverse: Tensor
-
-
-def shared_prompt_index(prompt_ids: Tensor, prompt_mask: Tensor) -> PromptIndex | None:
-    """Which rows of left-padded prompts [B,P] are the same prompt; None when all differ."""
-    rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
-    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
-    if len(unique) == len(rows):
-        return None
-    first = torch.full((len(unique),), len(rows), dtype=torch.long, device=rows.device)
-    first.scatter_reduce_(0, inverse, torch.arange(len(rows), device=rows.device), reduce="amin")
-    return PromptIndex(first, inverse)
 
 
 def _inside_ddp(model):

@@ -21,3 +21,15 @@ def test_benchmark_runs_at_tiny_sizes(tmp_path):
         assert "TRL is not installed" in proc.stdout and cells[3] == "—"
     else:
         assert float(cells[4]) > 0  # rlloom / TRL
+        assert 0 <= float(cells[6]) <= float(cells[4])  # bound: the arithmetic alone, below the ratio
+
+
+def test_arithmetic_counts_two_flops_per_parameter_per_token_forward_and_four_more_backward():
+    spec = importlib.util.spec_from_file_location("grpo_vs_trl", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    work = bench.Workload(hidden=8, layers=1, heads=1, intermediate=8, tokens=16)  # 8 × 8 rows × 16 tokens
+    assert bench.arithmetic(work, params=1000) == (2 * 1000 * 1024, 6 * 1000 * 1024)
+    with_kl = bench.Workload(hidden=8, layers=1, heads=1, intermediate=8, tokens=16, beta=0.1)
+    assert bench.arithmetic(with_kl, params=1000) == (2 * 1000 * 1024, 8 * 1000 * 1024)

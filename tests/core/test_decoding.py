@@ -114,10 +114,23 @@ def test_sampler_memory_does_not_grow_with_vocabulary_length_and_batch():
     assert seen.largest <= max(rows * vocab, largest_weight) < rows * length * vocab
 
 
+def _qwen3():
+    """A tiny Qwen3 (query / key norms): a decoder ``LayerSteps`` does not drive."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=len(TOK), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=16, intermediate_size=64, max_position_embeddings=64, pad_token_id=TOK.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(config).eval()
+
+
 def test_cpu_token_steps_run_eager_attention_and_the_model_keeps_its_own():
     from rlloom.decoding import step_attention
 
-    lm = _model()
+    lm = _qwen3()
     lm.set_attn_implementation("sdpa")
     seen = []
     lm.model.layers[0].self_attn.register_forward_hook(lambda *_: seen.append(lm.config._attn_implementation))
@@ -130,3 +143,69 @@ def test_cpu_token_steps_run_eager_attention_and_the_model_keeps_its_own():
     assert lm.config._attn_implementation == "sdpa"  # restored on errors too
     with step_attention(lm, torch.device("cuda")):  # other devices keep their kernels
         assert lm.config._attn_implementation == "sdpa"
+
+
+# ---------------------------------------------------------------- steps through the layers
+def _qwen2(**extra):
+    """A tiny Qwen2 with grouped-query attention (4 query heads share 2 key/value heads) and
+    biased q/k/v projections."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(TOK), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=TOK.pad_token_id, tie_word_embeddings=True,
+        **extra,
+    )
+    torch.manual_seed(0)
+    lm = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # trained-looking biases, so a dropped bias would show
+        for layer in lm.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return lm
+
+
+def _decode_both(lm, prompts, sampling, budget, monkeypatch, dtype=None):
+    """``decode`` through ``LayerSteps`` and through the model's own forward, same seed."""
+    import rlloom.decoding as decoding
+
+    runs = []
+    for fits in (True, False):
+        monkeypatch.setattr(decoding, "layer_steps_fit", lambda *_, fits=fits: fits)
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            runs.append(decode(lm, prompts.input_ids, prompts.attention_mask, budget, TOK.eos_token_id, TOK.pad_token_id, sampling))
+    return runs
+
+
+@pytest.mark.parametrize("make", [_model, _qwen2], ids=["llama", "qwen2"])
+@pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_p=0.9)])
+def test_layer_steps_draw_what_the_models_own_forward_draws(make, sampling, monkeypatch):
+    # Left-padded prompts of different lengths, each repeated 3 times as a group's rows are:
+    # the prefill runs once per distinct prompt and its cache is copied out to the rows.
+    lm, p = make(), _prompts()
+    p.input_ids, p.attention_mask = p.input_ids.repeat_interleave(3, 0), p.attention_mask.repeat_interleave(3, 0)
+    mine, theirs = _decode_both(lm, p, sampling, 12, monkeypatch)
+    assert mine.tokens.shape == (12, 12)
+    assert torch.equal(mine.tokens, theirs.tokens)
+    torch.testing.assert_close(mine.logprobs, theirs.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_steps_under_bfloat16_autocast_match_the_models_own_forward(monkeypatch):
+    lm, p = _qwen2(), _prompts()
+    mine, theirs = _decode_both(lm, p, Sampling(None), 10, monkeypatch, dtype=torch.bfloat16)
+    assert torch.equal(mine.tokens, theirs.tokens)
+    torch.testing.assert_close(mine.logprobs, theirs.logprobs, atol=1e-3, rtol=1e-3)
+
+
+def test_layer_steps_fit_llama_and_qwen2_on_cpu_only():
+    from rlloom.layer_steps import layer_steps_fit
+
+    cpu = torch.device("cpu")
+    assert layer_steps_fit(_model(), cpu) and layer_steps_fit(_qwen2(), cpu)
+    assert not layer_steps_fit(_model(), torch.device("cuda"))
+    assert not layer_steps_fit(_qwen3(), cpu)  # query / key norms
+    windowed = _qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    assert not layer_steps_fit(windowed, cpu)
+    dropout = _qwen2(attention_dropout=0.1)
+    assert layer_steps_fit(dropout, cpu) and not layer_steps_fit(dropout.train(), cpu)

@@ -4,6 +4,7 @@ import torch
 
 from rlloom import forward as fwd
 from rlloom.models import PolicyWithValue
+from rlloom.prompt_rows import shared_prompt_index
 from rlloom.testing import rollout_batch
 
 
@@ -53,7 +54,7 @@ def _with_gradient(model, out, batch):
 @pytest.mark.parametrize("length, temperature", [(5, 1.0), (5, 0.7), (1, 1.0)])
 def test_shared_prompts_give_the_full_forwards_logprobs_logits_entropy_and_gradient(length, temperature):
     model, batch = _model(), _batch(length=length)
-    index = fwd.shared_prompt_index(batch.prompt_ids, batch.prompt_mask)
+    index = shared_prompt_index(batch.prompt_ids, batch.prompt_mask)
     assert len(index.first) == 3
     assert torch.equal(batch.prompt_ids[index.first][index.inverse], batch.prompt_ids)  # each row's own prompt
     assert torch.equal(index.inverse.unique_consecutive(return_counts=True)[1], torch.tensor([4, 4, 4]))
@@ -79,10 +80,10 @@ def test_forward_rollout_reads_each_prompt_once():
 
 def test_distinct_prompts_and_value_heads_take_the_full_forward():
     batch = _batch(g=1)
-    assert fwd.shared_prompt_index(batch.prompt_ids, batch.prompt_mask) is None
+    assert shared_prompt_index(batch.prompt_ids, batch.prompt_mask) is None
     # the same ids under another padding are another prompt
     ids = torch.tensor([[0, 5, 6], [5, 5, 6]])
-    assert fwd.shared_prompt_index(ids, torch.tensor([[0, 1, 1], [1, 1, 1]])) is None
+    assert shared_prompt_index(ids, torch.tensor([[0, 1, 1], [1, 1, 1]])) is None
     policy = PolicyWithValue(_model())
     shared = _batch()
     rows_seen = []
