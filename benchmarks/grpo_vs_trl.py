@@ -3,6 +3,7 @@
     python benchmarks/grpo_vs_trl.py                 # W1, W1+KL, W2; fp32, bf16 and each one's defaults
     python benchmarks/grpo_vs_trl.py --workloads W1 --rounds 2 --steps 3
     python benchmarks/grpo_vs_trl.py --tiny          # a seconds-long smoke run
+    python benchmarks/grpo_vs_trl.py --profile --configs fp32   # where rlloom's step spends its time
 
 Workloads (built here from configs, nothing downloaded): a Qwen2 decoder with a
 character vocabulary, 8 prompts × 8 completions a step, one optimizer step per rollout,
@@ -151,7 +152,7 @@ TRL_MATCHED = {  # TRL's settings per configuration (none: its defaults)
 }
 
 
-def run_rlloom(work: Workload, directory: Path, config: str, steps: int) -> dict:
+def run_rlloom(work: Workload, directory: Path, config: str, steps: int, *observers) -> dict:
     from omegaconf import OmegaConf
 
     from rlloom.engine import Trainer
@@ -177,7 +178,8 @@ def run_rlloom(work: Workload, directory: Path, config: str, steps: int) -> dict
     })
     timer = StepTimer()
     pm = make_plugin_manager()
-    pm.register(timer)
+    for plugin in (timer, *observers):
+        pm.register(plugin)
     Trainer(cfg, plugin_manager=pm).train()
     steps_seen = timer.metrics[1:]  # the first step warms up
     return {
@@ -242,13 +244,68 @@ def run_trl(work: Workload, directory: Path, config: str, steps: int) -> dict:
     return {"times": timer.times[1:], "tokens": [round(n * work.rows) for n in lengths[1:]]}
 
 
+OP_KINDS = {  # torch profiler op names → what they are in these models
+    "aten::mm": "matmul", "aten::addmm": "matmul",
+    "aten::bmm": "attention", "aten::baddbmm": "attention",
+}
+
+
+def op_kind(name: str) -> str:
+    if name in OP_KINDS:
+        return OP_KINDS[name]
+    return "attention" if "scaled_dot_product" in name else "other ops"
+
+
+class PhaseProfile:
+    """An rlloom plugin that profiles step ``step`` (0-based) in two windows: sampling (with
+    rewards) and the rest (log-probs, update, logging), each split into the self time of
+    matmul ops, attention ops and other ops, and time outside any op (Python, framework)."""
+
+    def __init__(self, step: int):
+        self.step, self.phases, self.open = step, {}, None
+
+    def _start(self, phase: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.open = (phase, profile(activities=[ProfilerActivity.CPU]), time.perf_counter())
+        self.open[1].__enter__()
+
+    def _stop(self) -> None:
+        phase, prof, start = self.open
+        prof.__exit__(None, None, None)
+        wall = time.perf_counter() - start
+        split = {"matmul": 0.0, "attention": 0.0, "other ops": 0.0}
+        for event in prof.key_averages():
+            if event.key.startswith("aten::"):
+                split[op_kind(event.key)] += event.self_cpu_time_total / 1e6
+        self.phases[phase] = {"wall": wall, **split, "outside ops": wall - sum(split.values())}
+
+    @hookimpl
+    def rlloom_after_step(self, step, metrics):
+        if step == self.step:  # ``step`` here counts steps done: step ``self.step`` starts now
+            self._start("sample")
+        elif step == self.step + 1:
+            self._stop()
+
+    @hookimpl
+    def rlloom_after_sample(self, step, batch):
+        if step == self.step:
+            self._stop()
+            self._start("update")
+
+
 def worker(argv: list[str]) -> None:
-    """One framework's timed steps on one workload; prints one JSON line."""
+    """One framework's timed steps on one workload (``rlloom-profile``: one profiled rlloom
+    step after a warm-up); prints one JSON line."""
     framework, name, config, steps, directory, tiny = argv[0], argv[1], argv[2], int(argv[3]), Path(argv[4]), argv[5] == "1"
     sys.path.insert(0, str(HERE.parent))
     work = (TINY if tiny else WORKLOADS)[name]
-    run = run_rlloom if framework == "rlloom" else run_trl
-    result = run(work, directory, config, steps)
+    if framework == "rlloom-profile":
+        profile = PhaseProfile(step=1)
+        run_rlloom(work, directory, config, 2, profile)
+        result = {"phases": profile.phases}
+    else:
+        result = (run_rlloom if framework == "rlloom" else run_trl)(work, directory, config, steps)
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -280,6 +337,11 @@ def main() -> None:
         "with other work, 1 avoids threads waiting on each other",
     )
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, one round: checks the script runs")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="instead of comparing, profile one rlloom step per workload and configuration: where "
+        "each phase's time goes (matmuls, attention, other ops, outside ops) against its arithmetic",
+    )
     args = parser.parse_args()
     workloads = {k: v for k, v in (TINY if args.tiny else WORKLOADS).items() if k in args.workloads}
     rounds, steps = (1, 1) if args.tiny else (args.rounds, args.steps)
@@ -297,6 +359,11 @@ def main() -> None:
         "| workload | config | rlloom s/step | TRL s/step | rlloom / TRL | floor | bound | rlloom sample / update s "
         "| at matmul rate s | peak MiB rlloom / TRL |"
     )
+    if args.profile:
+        header = (
+            "| workload | config | rlloom phase | s (profiled) | matmul s | attention s | other ops s "
+            "| outside ops s | at matmul rate s |"
+        )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, work in workloads.items():
@@ -305,6 +372,11 @@ def main() -> None:
             build(work, directory)
             params = parameter_count(directory)
             for config in args.configs:
+                if args.profile:
+                    phases = spawn("rlloom-profile", name, config, 0, directory, args.tiny, args.threads)["phases"]
+                    rows.extend(profile_rows(name, config, work, params, phases, rate[config != "fp32"]))
+                    print("\n".join(rows[-2:]), flush=True)
+                    continue
                 results: dict[str, list[dict]] = {"rlloom": [], "trl": []}
                 for _ in range(rounds):
                     for framework in ("rlloom", "trl") if has_trl else ("rlloom",):
@@ -325,6 +397,15 @@ def arithmetic(work: Workload, params: int) -> tuple[float, float]:
     positions and attention left out, so a lower bound)."""
     tokens = work.rows * work.tokens
     return 2 * params * tokens, (6 + (2 if work.beta else 0)) * params * tokens
+
+
+def profile_rows(name: str, config: str, work: Workload, params: int, phases: dict, rate: float) -> list[str]:
+    """The profiled step's two phases, each beside its arithmetic at the measured matmul rate."""
+    rows = []
+    for (phase, split), flops in zip(phases.items(), arithmetic(work, params)):
+        cells = " | ".join(f"{split[k]:.3f}" for k in ("wall", "matmul", "attention", "other ops", "outside ops"))
+        rows.append(f"| {name} | {config} | {phase} | {cells} | {flops / rate / 1e9:.3f} |")
+    return rows
 
 
 def table_row(name: str, config: str, work: Workload, params: int, results: dict, rate: float) -> str:

@@ -33,3 +33,19 @@ def test_arithmetic_counts_two_flops_per_parameter_per_token_forward_and_four_mo
     assert bench.arithmetic(work, params=1000) == (2 * 1000 * 1024, 6 * 1000 * 1024)
     with_kl = bench.Workload(hidden=8, layers=1, heads=1, intermediate=8, tokens=16, beta=0.1)
     assert bench.arithmetic(with_kl, params=1000) == (2 * 1000 * 1024, 8 * 1000 * 1024)
+
+
+def test_profile_splits_each_phase_of_one_step(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--profile", "--workloads", "W1", "--configs", "fp32"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("| W1 | fp32 |"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[2]] = [float(c) for c in cells[3:]]
+    assert set(rows) == {"sample", "update"}, proc.stdout
+    for wall, matmul, attention, other, outside, at_rate in rows.values():
+        assert wall > 0 and min(matmul, attention, other, at_rate) >= 0
