@@ -94,17 +94,32 @@ def step_attention(lm, device: torch.device):
         lm.set_attn_implementation(before)
 
 
+def static_cache_keeps_value_dtype() -> bool:
+    """Whether transformers' ``StaticCache`` stores values in their own dtype. Before 5.24 it
+    stored them in the keys' dtype, and under bfloat16 autocast the keys leave the rotary
+    embedding in float32 while the values stay bfloat16, so writing them failed; decoding
+    falls back to a ``DynamicCache`` there."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__).release >= (5, 24)
+
+
 class ModelSteps:
     """The prefill of left-padded prompts [B,P] through ``lm``'s own forward, then one token per
-    row per ``next`` (inside ``stepping()``: eager attention on CPU), over a ``StaticCache`` sized
-    for ``max_new_tokens`` more. ``logits`` [B,V] predict each row's next token. Any causal LM."""
+    row per ``next`` (inside ``stepping()``: eager attention on CPU), over a ``StaticCache``
+    sized for ``max_new_tokens`` more (``static_cache_keeps_value_dtype``). ``logits`` [B,V]
+    predict each row's next token. Any causal LM."""
 
     def __init__(self, lm, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, cache_kw: str):
-        from transformers import StaticCache
+        from transformers import DynamicCache, StaticCache
 
         self.lm, self.cache_kw = lm, cache_kw
         batch, self.width = input_ids.shape
-        self.cache = StaticCache(config=lm.config, max_cache_len=self.width + max_new_tokens)
+        if static_cache_keeps_value_dtype():
+            self.cache = StaticCache(config=lm.config, max_cache_len=self.width + max_new_tokens)
+        else:
+            self.cache = DynamicCache(config=lm.config)
         self.mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
         position = mask_positions(attention_mask)
         out = lm(

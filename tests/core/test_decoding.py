@@ -209,3 +209,22 @@ def test_layer_steps_fit_llama_and_qwen2_on_cpu_only():
     assert not layer_steps_fit(windowed, cpu)
     dropout = _qwen2(attention_dropout=0.1)
     assert layer_steps_fit(dropout, cpu) and not layer_steps_fit(dropout.train(), cpu)
+
+
+def test_a_transformers_whose_static_cache_casts_values_decodes_over_a_dynamic_cache(monkeypatch):
+    # Before transformers 5.24 a StaticCache stored values in the keys' dtype, which fails
+    # under bfloat16 autocast; there the model's own steps run over a DynamicCache and draw
+    # the same tokens.
+    import rlloom.decoding as decoding
+
+    lm, p = _qwen3(), _prompts()
+    runs = []
+    for static in (True, False):
+        monkeypatch.setattr(decoding, "static_cache_keeps_value_dtype", lambda static=static: static)
+        torch.manual_seed(2)
+        runs.append(decode(lm, p.input_ids, p.attention_mask, 8, TOK.eos_token_id, TOK.pad_token_id, Sampling(1.0)))
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = decode(lm, p.input_ids, p.attention_mask, 8, TOK.eos_token_id, TOK.pad_token_id, Sampling(None))
+    assert out.tokens.shape == (4, 8)
