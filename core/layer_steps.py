@@ -7,14 +7,15 @@ modules (embedding, RMSNorms, projections, MLP, rotary embedding, output layer) 
 
 - each distinct prompt prefilled once and its keys / values copied out to its rows (a
   group's G completions share the prompt);
-- keys and values in buffers preallocated for prompt + budget, written in place;
-- attention over the live prefix of the cache only (prompt + tokens so far), not the whole
-  buffer; padding masked by an additive bias built once.
+- keys and values in zeroed buffers preallocated for prompt + budget, written in place;
+- attention over the whole buffer with an additive bias that masks padding and the slots
+  not yet written (each step opens one). Slicing the live prefix instead makes ``bmm`` copy
+  the strided slice: measured 1.5× slower per step at 44 of 76 slots (64 rows, 6 heads).
 
 Per position t with hidden state h (Vaswani et al. 2017; rotary positions, Su et al. 2021):
 
     x = RMSNorm₁(h);  q, k, v = rope(W_q x), rope(W_k x), W_v x
-    h ← h + W_o softmax(q Kᵀ / √d + bias) V          (K, V: the cache's live prefix)
+    h ← h + W_o softmax(q Kᵀ / √d + bias) V          (K, V: the cache buffers)
     h ← h + MLP(RMSNorm₂(h))
 
 It fits decoders of type ``llama`` and ``qwen2`` without sliding-window layers; any other
@@ -73,11 +74,13 @@ class LayerSteps:
         self.keys, self.values = [], []
         for layer in cache.layers:
             for kept, filled in ((self.keys, layer.keys), (self.values, layer.values)):
-                buffer = filled.new_empty(batch, filled.shape[1], total, filled.shape[3])
+                buffer = filled.new_zeros(batch, filled.shape[1], total, filled.shape[3])
                 buffer[:, :, :width] = filled[spread]
                 kept.append(buffer)
-        self.bias = torch.zeros(batch, 1, 1, total, device=input_ids.device)
-        self.bias[..., :width].masked_fill_(attention_mask[:, None, None, :] == 0, torch.finfo(torch.float32).min)
+        # 0 where a row attends, the lowest float where it does not: its padding, and the
+        # slots not yet written (each step opens one)
+        self.bias = torch.full((batch, 1, 1, total), torch.finfo(torch.float32).min, device=input_ids.device)
+        self.bias[..., :width].masked_fill_(attention_mask[:, None, None, :] == 1, 0.0)
         self.position = mask_positions(attention_mask)[:, -1:]
         self.length = width
 
@@ -89,6 +92,7 @@ class LayerSteps:
         """Feed ``tokens`` [B] at each row's next position; the logits [B,V] that follow."""
         self.position = self.position + 1
         at, self.length = self.length, self.length + 1
+        self.bias[..., at] = 0.0
         hidden = self.inner.embed_tokens(tokens[:, None])  # [B,1,H]
         cos, sin = self.inner.rotary_emb(hidden, self.position)
         for i, layer in enumerate(self.inner.layers):
@@ -106,9 +110,9 @@ class LayerSteps:
         q, k = self.rotate(q, k, cos, sin)
         self.keys[i][:, :, at : at + 1] = k
         self.values[i][:, :, at : at + 1] = v
-        keys = self.repeat_kv(self.keys[i][:, :, : self.length], attn.num_key_value_groups)
-        values = self.repeat_kv(self.values[i][:, :, : self.length], attn.num_key_value_groups)
-        scores = torch.matmul(q, keys.transpose(2, 3)) * attn.scaling + self.bias[..., : self.length]
+        keys = self.repeat_kv(self.keys[i], attn.num_key_value_groups)
+        values = self.repeat_kv(self.values[i], attn.num_key_value_groups)
+        scores = torch.matmul(q, keys.transpose(2, 3)) * attn.scaling + self.bias
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(weights, values).transpose(1, 2).reshape(batch, 1, -1)
         return attn.o_proj(out)
