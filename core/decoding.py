@@ -2,9 +2,10 @@
 
 ``decode`` runs the causal LM on left-padded prompts [B,P], then feeds back one token per
 row at a time, writing keys and values into a cache preallocated for P + ``max_new_tokens``
-(no cache grown by concatenation). Each step keeps only the last position's logits [B,V]:
-the chosen token and its log-prob are taken from them and they are dropped, so no [B,T,V]
-tensor exists. Decoding stops when every row has emitted EOS or at the token budget.
+(no cache grown by concatenation, except through a model's own forward under transformers
+before 5.24: ``static_cache_keeps_value_dtype``). Each step keeps only the last position's
+logits [B,V]: the chosen token and its log-prob are taken from them and they are dropped,
+so no [B,T,V] tensor exists. Decoding stops when every row has emitted EOS or at the token budget.
 
 The steps run through ``rlloom.layer_steps.LayerSteps`` where it fits the model (Llama and
 Qwen2 decoders on CPU: the same arithmetic without the forward's per-call machinery, each
