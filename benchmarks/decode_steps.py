@@ -23,8 +23,9 @@ import grpo_vs_trl as bench
 import rlloom.decoding as decoding
 
 
-def timed_decode(lm, enc, work, fits: bool, bf16: bool):
-    """One decode with ``LayerSteps`` (``fits``) or the model's own forward; (seconds, tokens)."""
+def timed_decode(lm, tok, enc, work, fits: bool, bf16: bool):
+    """One decode of the rows ``enc`` with ``LayerSteps`` (``fits``) or the model's own
+    forward; (seconds, tokens)."""
     original = decoding.layer_steps_fit
     decoding.layer_steps_fit = lambda *_: fits
     try:
@@ -32,7 +33,8 @@ def timed_decode(lm, enc, work, fits: bool, bf16: bool):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             start = time.perf_counter()
             out = decoding.decode(
-                lm, enc.input_ids, enc.attention_mask, work.tokens, enc.eos, enc.pad, decoding.Sampling(1.0)
+                lm, enc.input_ids, enc.attention_mask, work.tokens, tok.eos_token_id, tok.pad_token_id,
+                decoding.Sampling(1.0),
             )
             return time.perf_counter() - start, out.tokens
     finally:
@@ -62,14 +64,13 @@ def main() -> None:
             tok = AutoTokenizer.from_pretrained(directory / "model", padding_side="left")
             prompts = [bench.PROMPTS[i % len(bench.PROMPTS)] for i in range(work.prompts)]
             enc = tok([p for p in prompts for _ in range(work.generations)], return_tensors="pt", padding=True)
-            enc.eos, enc.pad = tok.eos_token_id, tok.pad_token_id
             for bf16 in (False, True):
                 times = {True: [], False: []}
                 tokens = {}
-                timed_decode(lm, enc, work, True, bf16)  # warm-up
+                timed_decode(lm, tok, enc, work, True, bf16)  # warm-up
                 for i in range(rounds):
                     for fits in ((True, False) if i % 2 == 0 else (False, True)):
-                        seconds, tokens[fits] = timed_decode(lm, enc, work, fits, bf16)
+                        seconds, tokens[fits] = timed_decode(lm, tok, enc, work, fits, bf16)
                         times[fits].append(seconds)
                 mine, theirs = statistics.median(times[True]), statistics.median(times[False])
                 same = torch.equal(tokens[True], tokens[False])
