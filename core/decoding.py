@@ -23,14 +23,13 @@ same seed draws the same tokens.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from rlloom.layer_steps import LayerSteps, layer_steps_fit
-from rlloom.prompt_rows import mask_positions
+from rlloom.prompt_rows import cache_argument, mask_positions
 
 
 @dataclass
@@ -75,11 +74,6 @@ class Sampling:
         return scores
 
 
-def cache_argument(lm) -> str:
-    """The forward keyword that takes the KV cache (``cache``; ``past_key_values`` before it)."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-
-
 @contextlib.contextmanager
 def step_attention(lm, device: torch.device):
     """Eager attention inside the block where ``device`` is a CPU and ``lm`` can switch its
@@ -112,10 +106,10 @@ class ModelSteps:
     sized for ``max_new_tokens`` more (``static_cache_keeps_value_dtype``). ``logits`` [B,V]
     predict each row's next token. Any causal LM."""
 
-    def __init__(self, lm, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, cache_kw: str):
+    def __init__(self, lm, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int):
         from transformers import DynamicCache, StaticCache
 
-        self.lm, self.cache_kw = lm, cache_kw
+        self.lm, self.cache_kw = lm, cache_argument(lm)
         batch, self.width = input_ids.shape
         if static_cache_keeps_value_dtype():
             self.cache = StaticCache(config=lm.config, max_cache_len=self.width + max_new_tokens)
@@ -126,7 +120,7 @@ class ModelSteps:
         out = lm(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position, use_cache=True,
             cache_position=torch.arange(self.width, device=input_ids.device), logits_to_keep=1,
-            **{cache_kw: self.cache},
+            **{self.cache_kw: self.cache},
         )
         self.logits = out.logits[:, -1]
         self.position = position[:, -1:]
@@ -166,7 +160,7 @@ def decode(
     steps run through ``LayerSteps`` where it fits the model, else ``ModelSteps``.
     """
     fits = layer_steps_fit(lm, input_ids.device)
-    steps = (LayerSteps if fits else ModelSteps)(lm, input_ids, attention_mask, max_new_tokens, cache_argument(lm))
+    steps = (LayerSteps if fits else ModelSteps)(lm, input_ids, attention_mask, max_new_tokens)
     running = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens, logprobs = [], []
     with steps.stepping():

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlloom.decoding import cache_argument
 from rlloom.models import PolicyWithValue
 from rlloom.ops import entropy_from_logits, selective_log_softmax
-from rlloom.prompt_rows import PromptIndex, mask_positions, shared_prompt_index
+from rlloom.prompt_rows import PromptIndex, cache_argument, mask_positions, prefill_prompts, shared_prompt_index
 
 
 @dataclass
@@ -109,26 +108,16 @@ def forward_shared_prompts(
     position; of token t > 0 the completion position t − 1. Under dropout a prompt's rows
     share its dropout mask.
     """
-    from transformers import DynamicCache
-
-    prompt_ids, prompt_mask = batch.prompt_ids[index.first], batch.prompt_mask[index.first]
     lm = _inside_ddp(model)
-    cache_kw = cache_argument(lm)
-    cache = DynamicCache(config=lm.config)
-    head = lm(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=mask_positions(prompt_mask), use_cache=True,
-        logits_to_keep=1, **{cache_kw: cache},
-    )
-    cache.batch_select_indices(index.inverse)
+    cache, logits = prefill_prompts(lm, batch.prompt_ids, batch.prompt_mask, index)
     width, length = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-    logits = head.logits[:, -1:][index.inverse]
     if length > 1:
         attention_mask = torch.cat([batch.prompt_mask, batch.mask[:, :-1]], dim=1)
         positions = mask_positions(attention_mask)[:, width:]
         rest = model(
             input_ids=batch.completion_ids[:, :-1], attention_mask=attention_mask, position_ids=positions,
             use_cache=True, cache_position=torch.arange(width, width + length - 1, device=positions.device),
-            **{cache_kw: cache},
+            **{cache_argument(lm): cache},
         )
         logits = torch.cat([logits, rest.logits], dim=1)
     return _outputs(logits, batch.completion_ids, temperature, want_logits, want_entropy, entropy_grad)

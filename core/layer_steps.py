@@ -29,7 +29,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from rlloom.prompt_rows import mask_positions, shared_prompt_index
+from rlloom.prompt_rows import mask_positions, prefill_prompts, shared_prompt_index
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -52,30 +52,19 @@ class LayerSteps:
     """The prefill of left-padded prompts [B,P] and then one token per row per ``next``, with
     a cache for ``max_new_tokens`` tokens. ``logits`` [B,V] predict each row's next token."""
 
-    def __init__(self, lm, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int, cache_kw: str):
-        from transformers import DynamicCache
-
+    def __init__(self, lm, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int):
         self.lm, self.inner = lm, lm.model
-        attn = self.inner.layers[0].self_attn
-        source = inspect.getmodule(attn)
+        source = inspect.getmodule(self.inner.layers[0].self_attn)
         self.rotate, self.repeat_kv = source.apply_rotary_pos_emb, source.repeat_kv
         batch, width = input_ids.shape
-        index = shared_prompt_index(input_ids, attention_mask)
-        rows = slice(None) if index is None else index.first
-        spread = slice(None) if index is None else index.inverse
-        cache = DynamicCache(config=lm.config)
-        out = lm(
-            input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-            position_ids=mask_positions(attention_mask[rows]), use_cache=True, logits_to_keep=1,
-            **{cache_kw: cache},
-        )
-        self.logits = out.logits[:, -1][spread]
+        cache, logits = prefill_prompts(lm, input_ids, attention_mask, shared_prompt_index(input_ids, attention_mask))
+        self.logits = logits[:, -1]
         total = width + max_new_tokens
         self.keys, self.values = [], []
         for layer in cache.layers:
             for kept, filled in ((self.keys, layer.keys), (self.values, layer.values)):
                 buffer = filled.new_zeros(batch, filled.shape[1], total, filled.shape[3])
-                buffer[:, :, :width] = filled[spread]
+                buffer[:, :, :width] = filled
                 kept.append(buffer)
         # 0 where a row attends, the lowest float where it does not: its padding, and the
         # slots not yet written (each step opens one)
